@@ -1,0 +1,90 @@
+"""Every exception Parley raises, in one tree.
+
+Each error carries a stable ``code`` (a short snake_case string) that the
+server renders as ``{"error": {"code", "message"}}`` with ``http_status`` and
+the CLI renders as one line on stderr. Errors are raised, never returned.
+
+    ParleyError
+    ├── LocalProtocolError        our own misuse of the protocol (a bug here)
+    └── RemoteProtocolError       bytes or keys from a peer that must be refused
+        ├── MalformedMessage      does not decode (wrong version, length, kind...)
+        ├── InvalidSignature      a bundle, prekey or group message signature fails
+        └── DecryptionError       a message that does not authenticate
+            ├── DuplicateMessage  a replay of a message already decrypted
+            ├── TooManySkipped    a gap larger than the skipped-key bound
+            ├── UnknownSenderKey  a group message from a sender key we never got
+            └── FrankingError     the franking commitment does not match
+
+The split follows h11/wsproto: ``LocalProtocolError`` means this program did
+something wrong; ``RemoteProtocolError`` means the peer (or the network, or the
+server) sent something we refuse. Any bytes fed to a decoder either decode or
+raise ``RemoteProtocolError``; never another exception.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Base of every Parley error."""
+
+    code: str = "parley_error"
+    http_status: int = 400
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.code)
+        self.message = message or self.code
+
+
+class LocalProtocolError(ParleyError):
+    """This program misused the protocol (e.g. encrypting on a closed chain)."""
+
+    code = "local_protocol_error"
+    http_status = 500
+
+
+class RemoteProtocolError(ParleyError):
+    """The peer sent something that must be refused."""
+
+    code = "remote_protocol_error"
+
+
+class MalformedMessage(RemoteProtocolError):
+    """Bytes that do not decode as the expected wire structure."""
+
+    code = "malformed"
+
+
+class InvalidSignature(RemoteProtocolError):
+    """A signature over a bundle, prekey or group message does not verify."""
+
+    code = "invalid_signature"
+
+
+class DecryptionError(RemoteProtocolError):
+    """A message that does not authenticate; the session is left unchanged."""
+
+    code = "undecryptable"
+
+
+class DuplicateMessage(DecryptionError):
+    """A message whose key was already used: a replay or a re-delivery."""
+
+    code = "duplicate_message"
+
+
+class TooManySkipped(DecryptionError):
+    """A message further ahead in its chain than the skipped-key bound allows."""
+
+    code = "too_many_skipped"
+
+
+class UnknownSenderKey(DecryptionError):
+    """A group message under a sender key this member never received."""
+
+    code = "unknown_sender_key"
+
+
+class FrankingError(DecryptionError):
+    """A franking commitment or opening that does not match the message."""
+
+    code = "franking_mismatch"

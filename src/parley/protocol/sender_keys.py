@@ -1,0 +1,217 @@
+"""Group messaging with sender keys (as Signal and WhatsApp do).
+
+Theory of operation. Each member, for each group, owns one *sender key*: a
+symmetric hash chain plus an Ed25519 signing key, named by a random 16-byte
+``distribution_id``. The member sends a ``SenderKeyDistribution`` (chain key,
+iteration, public signing key) to every other member over their pairwise
+1:1 sessions. A group message is then encrypted once for the whole group:
+``mk`` from the chain (``mk = HMAC(ck, 0x01)``, ``ck' = HMAC(ck, 0x02)``),
+AES-256-GCM under a key expanded from ``mk``, and an Ed25519 signature over
+the whole envelope, so a member holding the chain key still cannot forge
+messages from another sender.
+
+Receivers verify the signature before anything else, then step the chain,
+keeping skipped keys within the same bounds as the Double Ratchet, and refuse
+replays (a used iteration's key is deleted; pyca/vodozemac-style Megolm would
+decrypt a replay again, see DESIGN-NOTES).
+
+Rotation: when a member leaves or is removed, every remaining member drops
+its sender key and distributes a fresh one to the remaining members only; the
+removed member holds only retired chains and cannot read later messages.
+Receivers keep the last ``MAX_KEYS_PER_SENDER`` keys of each sender so that
+messages in flight across a rotation still open.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from parley.crypto.primitives import SigningKey, VerifyKey, aead_decrypt, aead_encrypt
+from parley.crypto.random import Random
+from parley.errors import (
+    DuplicateMessage,
+    LocalProtocolError,
+    MalformedMessage,
+    TooManySkipped,
+    UnknownSenderKey,
+)
+from parley.protocol import franking
+from parley.protocol.ratchet import MAX_SKIP, kdf_ck, message_cipher_key
+from parley.protocol.wire import (
+    DISTRIBUTION_ID_LEN,
+    Content,
+    SenderKeyDistribution,
+    SenderKeyMessage,
+)
+
+MAX_STORED_SKIPPED = 2000
+MAX_KEYS_PER_SENDER = 5
+MAX_ITERATION = 2**32 - 1
+
+T = TypeVar("T")
+
+
+class OutboundSenderKey:
+    """This member's own sender key for one group."""
+
+    __slots__ = ("chain_key", "distribution_id", "group_id", "iteration", "signing")
+
+    def __init__(
+        self,
+        group_id: bytes,
+        distribution_id: bytes,
+        chain_key: bytes,
+        signing: SigningKey,
+        iteration: int = 0,
+    ) -> None:
+        self.group_id = group_id
+        self.distribution_id = distribution_id
+        self.chain_key = chain_key
+        self.signing = signing
+        self.iteration = iteration
+
+    @classmethod
+    def generate(cls, group_id: bytes, rng: Random) -> OutboundSenderKey:
+        return cls(group_id, rng(DISTRIBUTION_ID_LEN), rng(32), SigningKey.generate(rng))
+
+    def distribution(self) -> SenderKeyDistribution:
+        """The key as it stands now: receivers can read from this iteration on."""
+        return SenderKeyDistribution(
+            self.group_id, self.distribution_id, self.iteration, self.chain_key, self.signing.public
+        )
+
+    def encrypt(self, plaintext: bytes, commitment: bytes) -> SenderKeyMessage:
+        if self.iteration >= MAX_ITERATION:
+            raise LocalProtocolError("sender key exhausted: rotate it")
+        next_ck, mk = kdf_ck(self.chain_key)
+        key, nonce = message_cipher_key(mk)
+        unsigned = SenderKeyMessage(self.distribution_id, self.iteration, commitment, b"", b"")
+        ciphertext = aead_encrypt(key, nonce, plaintext, self.group_id + unsigned.prefix())
+        body = SenderKeyMessage(self.distribution_id, self.iteration, commitment, ciphertext, b"")
+        signature = self.signing.sign(body.signed_part())
+        self.chain_key, self.iteration = next_ck, self.iteration + 1
+        return SenderKeyMessage(
+            self.distribution_id, body.iteration, commitment, ciphertext, signature
+        )
+
+
+@dataclass(slots=True)
+class InboundSenderKey:
+    """Another member's sender key, as received in a distribution message."""
+
+    group_id: bytes
+    distribution_id: bytes
+    verify_key: VerifyKey
+    chain_key: bytes
+    iteration: int
+    skipped: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
+
+    @classmethod
+    def from_distribution(cls, skd: SenderKeyDistribution) -> InboundSenderKey:
+        return cls(
+            skd.group_id,
+            skd.distribution_id,
+            VerifyKey(skd.signing_key),
+            skd.chain_key,
+            skd.iteration,
+        )
+
+    def decrypt_with(self, msg: SenderKeyMessage, check: Callable[[bytes], T]) -> T:
+        """Verify, decrypt, ``check``, then advance; any failure changes nothing."""
+        self.verify_key.verify(msg.signature, msg.signed_part())
+        ad = self.group_id + msg.prefix()
+        stored = self.skipped.get(msg.iteration)
+        if stored is not None:
+            result = check(_open(stored, msg.ciphertext, ad))
+            del self.skipped[msg.iteration]
+            return result
+        if msg.iteration < self.iteration:
+            raise DuplicateMessage("group message already decrypted")
+        if msg.iteration - self.iteration > MAX_SKIP:
+            raise TooManySkipped("group message too far ahead")
+        ck = self.chain_key
+        new_skipped: list[tuple[int, bytes]] = []
+        for i in range(self.iteration, msg.iteration):
+            ck, mk = kdf_ck(ck)
+            new_skipped.append((i, mk))
+        ck, mk = kdf_ck(ck)
+        result = check(_open(mk, msg.ciphertext, ad))
+        self.chain_key, self.iteration = ck, msg.iteration + 1
+        for i, skipped_mk in new_skipped:
+            self.skipped[i] = skipped_mk
+        while len(self.skipped) > MAX_STORED_SKIPPED:
+            self.skipped.popitem(last=False)
+        return result
+
+
+def _open(mk: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+    key, nonce = message_cipher_key(mk)
+    return aead_decrypt(key, nonce, ciphertext, ad)
+
+
+class GroupSession:
+    """One member's view of one group: its own sender key and everyone else's.
+
+    Sans-I/O: methods return the distributions to send (over 1:1 sessions)
+    and the caller delivers them. ``me`` and member names are the same
+    stable names used for franking (``sender``).
+    """
+
+    def __init__(self, group_id: bytes, me: str, rng: Random) -> None:
+        self.group_id = group_id
+        self.conversation = "group:" + group_id.hex()
+        self.me = me
+        self.outbound = OutboundSenderKey.generate(group_id, rng)
+        self.inbound: dict[str, OrderedDict[bytes, InboundSenderKey]] = {}
+        self.members: set[str] = set()
+
+    def add_members(self, names: list[str]) -> dict[str, SenderKeyDistribution]:
+        """New members get our current sender key; they read from here on."""
+        added = [n for n in names if n != self.me and n not in self.members]
+        self.members.update(added)
+        skd = self.outbound.distribution()
+        return dict.fromkeys(added, skd)
+
+    def remove_member(self, name: str, rng: Random) -> dict[str, SenderKeyDistribution]:
+        """Forget ``name``'s keys, rotate ours, and return it for the others only."""
+        self.members.discard(name)
+        self.inbound.pop(name, None)
+        return self.rotate(rng)
+
+    def rotate(self, rng: Random) -> dict[str, SenderKeyDistribution]:
+        self.outbound = OutboundSenderKey.generate(self.group_id, rng)
+        skd = self.outbound.distribution()
+        return dict.fromkeys(self.members, skd)
+
+    def process_distribution(self, sender: str, skd: SenderKeyDistribution) -> None:
+        """Store a member's sender key (delivered over an authenticated 1:1 session)."""
+        if skd.group_id != self.group_id:
+            raise MalformedMessage("sender key is for another group")
+        if sender not in self.members:
+            raise UnknownSenderKey("sender key from a non-member")
+        keys = self.inbound.setdefault(sender, OrderedDict())
+        if skd.distribution_id in keys:
+            return  # a re-delivery must not rewind the chain (that would allow replays)
+        keys[skd.distribution_id] = InboundSenderKey.from_distribution(skd)
+        while len(keys) > MAX_KEYS_PER_SENDER:
+            keys.popitem(last=False)
+
+    def encrypt(self, content: Content) -> SenderKeyMessage:
+        commitment = franking.commit(content, self.me, self.conversation)
+        return self.outbound.encrypt(content.to_bytes(), commitment)
+
+    def decrypt(self, sender: str, msg: SenderKeyMessage) -> Content:
+        keys = self.inbound.get(sender)
+        key = None if keys is None else keys.get(msg.distribution_id)
+        if key is None:
+            raise UnknownSenderKey("no sender key for this message")
+
+        def check(plaintext: bytes) -> Content:
+            content = Content.from_bytes(plaintext)
+            franking.check_commitment(content, sender, self.conversation, msg.commitment)
+            return content
+
+        return key.decrypt_with(msg, check)
