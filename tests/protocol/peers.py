@@ -102,7 +102,9 @@ class Pair:
         dev, sess, to = (
             (self.alice, self.a, self.bob) if frm == "alice" else (self.bob, self.b, self.alice)
         )
-        return sess.encrypt(content(text, dev.rng), dev.name, direct_conversation(dev.name, to.name))
+        return sess.encrypt(
+            content(text, dev.rng), dev.name, direct_conversation(dev.name, to.name)
+        )
 
     def receive(self, to: str, msg: RatchetMessage | PreKeyMessage) -> Content:
         dev, sess, frm = (
@@ -115,9 +117,7 @@ def establish(seed: int = 1, *, use_one_time: bool = True) -> Pair:
     alice = Device.create("alice", seed)
     bob = Device.create("bob", seed + 1000)
     a = sessions.initiate(alice.identity, bob.bundle(use_one_time=use_one_time), alice.rng)
-    first = a.encrypt(
-        content("hello bob", alice.rng), "alice", direct_conversation("alice", "bob")
-    )
+    first = a.encrypt(content("hello bob", alice.rng), "alice", direct_conversation("alice", "bob"))
     assert isinstance(first, PreKeyMessage)
     b, got = bob.accept(first, "alice")
     assert got.text == "hello bob"

@@ -36,7 +36,11 @@ def test_both_sides_derive_the_same_key(use_one_time: bool) -> None:
         kem.key,
     )
     assert sk == init.shared_key
-    assert ad == init.associated_data == alice.identity.public.to_bytes() + bob.identity.public.to_bytes()
+    assert (
+        ad
+        == init.associated_data
+        == alice.identity.public.to_bytes() + bob.identity.public.to_bytes()
+    )
     assert (bundle.one_time_prekey is None) is (not use_one_time)
     assert bundle.kem_last_resort is (not use_one_time)
 
@@ -85,14 +89,22 @@ def test_bundle_signed_by_another_identity_is_refused() -> None:
 def test_signature_of_one_prekey_cannot_vouch_for_another() -> None:
     alice, bob = Device.create("alice", 1), Device.create("bob", 2)
     other = SignedPreKey.generate(bob.identity, 2, bob.rng)
-    bundle = dataclasses.replace(bob.bundle(), signed_prekey_id=2, signed_prekey_signature=bob.signed_prekey.signature, signed_prekey=other.key.public)
+    bundle = dataclasses.replace(
+        bob.bundle(),
+        signed_prekey_id=2,
+        signed_prekey_signature=bob.signed_prekey.signature,
+        signed_prekey=other.key.public,
+    )
     with pytest.raises(InvalidSignature):
         sessions.initiate(alice.identity, bundle, alice.rng)
     # Flipping the last-resort flag invalidates the KEM signature too.
     kem = KemPreKey.generate(bob.identity, 7, bob.rng, last_resort=False)
     flipped = dataclasses.replace(
-        bob.bundle(), kem_prekey_id=7, kem_prekey=kem.key.public,
-        kem_prekey_signature=kem.signature, kem_last_resort=True,
+        bob.bundle(),
+        kem_prekey_id=7,
+        kem_prekey=kem.key.public,
+        kem_prekey_signature=kem.signature,
+        kem_last_resort=True,
     )
     with pytest.raises(InvalidSignature):
         sessions.initiate(alice.identity, flipped, alice.rng)
@@ -117,7 +129,16 @@ def test_prekey_message_naming_a_missing_one_time_key_is_refused() -> None:
     msg = a.encrypt(content("hi", alice.rng), "alice", direct_conversation("alice", "bob"))
     assert isinstance(msg, PreKeyMessage)
     with pytest.raises(MalformedMessage):
-        sessions.accept(bob.identity, msg, bob.signed_prekey.key, None, bob.last_resort_kem.key, "alice", "x", bob.rng)
+        sessions.accept(
+            bob.identity,
+            msg,
+            bob.signed_prekey.key,
+            None,
+            bob.last_resort_kem.key,
+            "alice",
+            "x",
+            bob.rng,
+        )
 
 
 def test_initiator_keeps_sending_prekey_messages_until_answered() -> None:

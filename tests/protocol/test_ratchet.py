@@ -46,7 +46,9 @@ def test_random_interleaving_reordering_drops_and_replays(data: st.DataObject) -
     in_flight: list[tuple[str, RatchetMessage | PreKeyMessage, str]] = []
     delivered: set[tuple[str, str]] = set()
     for step in range(data.draw(st.integers(5, 40))):
-        action = data.draw(st.sampled_from(["send", "send", "deliver", "deliver", "drop", "replay"]))
+        action = data.draw(
+            st.sampled_from(["send", "send", "deliver", "deliver", "drop", "replay"])
+        )
         if action == "send" or not in_flight:
             frm = data.draw(st.sampled_from(SIDES))
             text = f"{frm}-{step}"
@@ -195,7 +197,9 @@ def test_state_survives_serialization_mid_conversation() -> None:
     pair.a = Session.from_bytes(pair.a.to_bytes())
     assert pair.receive("bob", pending[1]).text == "m1"
     assert pair.receive("alice", pair.send("bob", "reply")).text == "reply"
-    assert RatchetState.from_bytes(pair.a.ratchet.to_bytes()).to_bytes() == pair.a.ratchet.to_bytes()
+    assert (
+        RatchetState.from_bytes(pair.a.ratchet.to_bytes()).to_bytes() == pair.a.ratchet.to_bytes()
+    )
 
 
 def test_content_round_trips_with_attachments_and_control() -> None:

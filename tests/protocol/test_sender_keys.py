@@ -35,7 +35,9 @@ class Group:
     def _deliver(self, sender: str, out: dict[str, SenderKeyDistribution]) -> None:
         for to, skd in out.items():
             # round-trip through the wire format as it would travel
-            self.members[to].process_distribution(sender, SenderKeyDistribution.from_bytes(skd.to_bytes()))
+            self.members[to].process_distribution(
+                sender, SenderKeyDistribution.from_bytes(skd.to_bytes())
+            )
 
     def join(self, name: str) -> None:
         new = GroupSession(GROUP_ID, name, self.rng)
