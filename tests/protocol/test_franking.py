@@ -67,7 +67,7 @@ def test_altered_time_or_foreign_tag_fails() -> None:
     opening, commitment, tag = _delivered()
     with pytest.raises(FrankingError):
         franking.verify_report(SERVER_KEY, opening, commitment, DELIVERED_AT + 1, tag)
-    other_opening, other_commitment, other_tag = _delivered(with_attachment=False)
+    other_opening, _other_commitment, other_tag = _delivered(with_attachment=False)
     with pytest.raises(FrankingError):  # tag replayed from another message
         franking.verify_report(SERVER_KEY, opening, commitment, DELIVERED_AT, other_tag)
     with pytest.raises(FrankingError):  # opening from another message

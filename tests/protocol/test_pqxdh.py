@@ -21,11 +21,7 @@ def test_both_sides_derive_the_same_key(use_one_time: bool) -> None:
     bundle = bob.bundle(use_one_time=use_one_time)
     init = pqxdh.initiate(alice.identity, bundle, alice.rng)
     opk = bob.one_time[bundle.one_time_prekey_id] if bundle.one_time_prekey_id else None
-    kem = (
-        bob.one_time_kem[bundle.kem_prekey_id]
-        if bundle.kem_prekey_id in bob.one_time_kem
-        else bob.last_resort_kem
-    )
+    kem = bob.one_time_kem.get(bundle.kem_prekey_id, bob.last_resort_kem)
     sk, ad = pqxdh.respond(
         bob.identity,
         alice.identity.public,
