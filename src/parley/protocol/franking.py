@@ -23,6 +23,7 @@ Theory of operation (after Facebook's message franking and Grubbs-Lu-Ristenpart,
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from parley.crypto.primitives import constant_time_equal, hmac_sha256
@@ -33,6 +34,8 @@ from parley.protocol.wire import MAX_CONTROL, MAX_TEXT, Content
 _COMMIT_LABEL = b"parley/franking/v1/commitment"
 _TAG_LABEL = b"parley/franking/v1/server-tag"
 MAX_PARTY = 256
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +63,31 @@ class Opening:
         )
 
     def franked_bytes(self) -> bytes:
-        w = Writer().fixed(_COMMIT_LABEL, len(_COMMIT_LABEL))
-        w.text(self.sender, MAX_PARTY).text(self.conversation, MAX_PARTY).u64(self.sent_at_ms)
-        w.text(self.text, MAX_TEXT).u8(len(self.attachment_digests))
-        for digest in self.attachment_digests:
-            w.fixed(digest, 32)
-        w.var(self.control, MAX_CONTROL)
-        return w.to_bytes()
+        """The committed encoding: label, then each field length-prefixed (u32, u64 time)."""
+        sender, conversation = self.sender.encode(), self.conversation.encode()
+        text = self.text.encode()
+        if max(len(sender), len(conversation)) > MAX_PARTY or len(text) > MAX_TEXT:
+            raise FrankingError("franked field too long")
+        if len(self.control) > MAX_CONTROL or len(self.attachment_digests) > 255:
+            raise FrankingError("franked field too long")
+        if any(len(d) != 32 for d in self.attachment_digests):
+            raise FrankingError("attachment digest must be 32 bytes")
+        return b"".join(
+            (
+                _COMMIT_LABEL,
+                _U32.pack(len(sender)),
+                sender,
+                _U32.pack(len(conversation)),
+                conversation,
+                _U64.pack(self.sent_at_ms),
+                _U32.pack(len(text)),
+                text,
+                bytes((len(self.attachment_digests),)),
+                *self.attachment_digests,
+                _U32.pack(len(self.control)),
+                self.control,
+            )
+        )
 
     def commitment(self) -> bytes:
         return hmac_sha256(self.franking_key, self.franked_bytes())

@@ -24,6 +24,7 @@ Layouts (big-endian integers, ``var`` = u32 length + bytes):
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from parley.crypto.primitives import (
@@ -58,13 +59,15 @@ MAX_CONTENT_TYPE = 128
 MAX_FILENAME = 255
 
 
-def _header(r: Reader, kind: int) -> None:
-    version = r.u8()
+def _check_header(version: int, got: int, kind: int) -> None:
     if version != VERSION:
         raise MalformedMessage(f"unsupported version {version}")
-    got = r.u8()
     if got != kind:
         raise MalformedMessage(f"expected kind {kind}, got {got}")
+
+
+def _header(r: Reader, kind: int) -> None:
+    _check_header(r.u8(), r.u8(), kind)
 
 
 def peek_kind(data: bytes) -> int:
@@ -96,6 +99,27 @@ class IdentityPublic:
 # -- 1:1 envelopes -------------------------------------------------------------
 
 
+_RATCHET_PREFIX = struct.Struct(">BB32sII32s")
+_SENDER_KEY_PREFIX = struct.Struct(">BB16sI32s")
+_U32 = struct.Struct(">I")
+_CONTENT_HEAD = struct.Struct(">BB32sQI")
+
+
+def _var_tail(data: bytes, offset: int, max_len: int, trailing: int) -> bytes:
+    """The ``var`` field at ``offset`` when only ``trailing`` fixed bytes follow it."""
+    if len(data) < offset + 4:
+        raise MalformedMessage("truncated input")
+    (length,) = _U32.unpack_from(data, offset)
+    if length > max_len:
+        raise MalformedMessage(f"field length {length} exceeds its bound {max_len}")
+    end = offset + 4 + length
+    if len(data) != end + trailing:
+        raise MalformedMessage(
+            "truncated input" if len(data) < end + trailing else "trailing bytes"
+        )
+    return data[offset + 4 : end]
+
+
 @dataclass(frozen=True, slots=True)
 class RatchetMessage:
     dh: bytes
@@ -106,33 +130,26 @@ class RatchetMessage:
 
     def prefix(self) -> bytes:
         """Everything before the ciphertext; authenticated as associated data."""
-        return (
-            Writer()
-            .u8(VERSION)
-            .u8(KIND_RATCHET)
-            .fixed(self.dh, X25519_LEN)
-            .u32(self.pn)
-            .u32(self.n)
-            .fixed(self.commitment, COMMITMENT_LEN)
-            .to_bytes()
+        if len(self.dh) != X25519_LEN or len(self.commitment) != COMMITMENT_LEN:
+            raise ValueError("ratchet key and commitment must be 32 bytes")
+        return _RATCHET_PREFIX.pack(
+            VERSION, KIND_RATCHET, self.dh, self.pn, self.n, self.commitment
         )
 
     def to_bytes(self) -> bytes:
-        return self.prefix() + Writer().var(self.ciphertext, MAX_CIPHERTEXT).to_bytes()
+        if len(self.ciphertext) > MAX_CIPHERTEXT:
+            raise ValueError("ciphertext too large")
+        return self.prefix() + _U32.pack(len(self.ciphertext)) + self.ciphertext
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RatchetMessage:
-        r = Reader(data)
-        _header(r, KIND_RATCHET)
-        msg = cls(
-            dh=r.fixed(X25519_LEN),
-            pn=r.u32(),
-            n=r.u32(),
-            commitment=r.fixed(COMMITMENT_LEN),
-            ciphertext=r.var(MAX_CIPHERTEXT),
-        )
-        r.end()
-        return msg
+        data = bytes(data)
+        if len(data) < _RATCHET_PREFIX.size:
+            raise MalformedMessage("truncated input")
+        version, kind, dh, pn, n, commitment = _RATCHET_PREFIX.unpack_from(data)
+        _check_header(version, kind, KIND_RATCHET)
+        ciphertext = _var_tail(data, _RATCHET_PREFIX.size, MAX_CIPHERTEXT, 0)
+        return cls(dh, pn, n, commitment, ciphertext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,35 +209,31 @@ class SenderKeyMessage:
 
     def prefix(self) -> bytes:
         """Everything before the ciphertext; authenticated as associated data."""
-        return (
-            Writer()
-            .u8(VERSION)
-            .u8(KIND_SENDER_KEY)
-            .fixed(self.distribution_id, DISTRIBUTION_ID_LEN)
-            .u32(self.iteration)
-            .fixed(self.commitment, COMMITMENT_LEN)
-            .to_bytes()
+        if len(self.distribution_id) != DISTRIBUTION_ID_LEN or len(self.commitment) != 32:
+            raise ValueError("bad distribution id or commitment length")
+        return _SENDER_KEY_PREFIX.pack(
+            VERSION, KIND_SENDER_KEY, self.distribution_id, self.iteration, self.commitment
         )
 
     def signed_part(self) -> bytes:
-        return self.prefix() + Writer().var(self.ciphertext, MAX_CIPHERTEXT).to_bytes()
+        if len(self.ciphertext) > MAX_CIPHERTEXT:
+            raise ValueError("ciphertext too large")
+        return self.prefix() + _U32.pack(len(self.ciphertext)) + self.ciphertext
 
     def to_bytes(self) -> bytes:
+        if len(self.signature) != SIGNATURE_LEN:
+            raise ValueError("signature must be 64 bytes")
         return self.signed_part() + self.signature
 
     @classmethod
     def from_bytes(cls, data: bytes) -> SenderKeyMessage:
-        r = Reader(data)
-        _header(r, KIND_SENDER_KEY)
-        msg = cls(
-            distribution_id=r.fixed(DISTRIBUTION_ID_LEN),
-            iteration=r.u32(),
-            commitment=r.fixed(COMMITMENT_LEN),
-            ciphertext=r.var(MAX_CIPHERTEXT),
-            signature=r.fixed(SIGNATURE_LEN),
-        )
-        r.end()
-        return msg
+        data = bytes(data)
+        if len(data) < _SENDER_KEY_PREFIX.size:
+            raise MalformedMessage("truncated input")
+        version, kind, distribution_id, iteration, commitment = _SENDER_KEY_PREFIX.unpack_from(data)
+        _check_header(version, kind, KIND_SENDER_KEY)
+        ciphertext = _var_tail(data, _SENDER_KEY_PREFIX.size, MAX_CIPHERTEXT, SIGNATURE_LEN)
+        return cls(distribution_id, iteration, commitment, ciphertext, data[-SIGNATURE_LEN:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,22 +324,41 @@ class Content:
     control: bytes = b""
 
     def to_bytes(self) -> bytes:
-        if len(self.attachments) > MAX_ATTACHMENTS:
-            raise ValueError("too many attachments")
-        w = Writer().u8(VERSION).u8(KIND_CONTENT).fixed(self.franking_key, 32)
-        w.u64(self.sent_at_ms).text(self.text, MAX_TEXT).u8(len(self.attachments))
-        for attachment in self.attachments:
-            attachment.write(w)
-        w.var(self.control, MAX_CONTROL)
-        return w.to_bytes()
+        if len(self.attachments) > MAX_ATTACHMENTS or len(self.franking_key) != 32:
+            raise ValueError("too many attachments or a bad franking key")
+        text = self.text.encode("utf-8")
+        if len(text) > MAX_TEXT or len(self.control) > MAX_CONTROL:
+            raise ValueError("text or control too large")
+        parts = [
+            _CONTENT_HEAD.pack(
+                VERSION, KIND_CONTENT, self.franking_key, self.sent_at_ms, len(text)
+            ),
+            text,
+            bytes((len(self.attachments),)),
+        ]
+        if self.attachments:
+            w = Writer()
+            for attachment in self.attachments:
+                attachment.write(w)
+            parts.append(w.to_bytes())
+        parts += [_U32.pack(len(self.control)), self.control]
+        return b"".join(parts)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Content:
+        data = bytes(data)
+        if len(data) < _CONTENT_HEAD.size:
+            raise MalformedMessage("truncated input")
+        version, kind, franking_key, sent_at_ms, text_len = _CONTENT_HEAD.unpack_from(data)
+        _check_header(version, kind, KIND_CONTENT)
+        if text_len > MAX_TEXT:
+            raise MalformedMessage("text too long")
         r = Reader(data)
-        _header(r, KIND_CONTENT)
-        franking_key = r.fixed(32)
-        sent_at_ms = r.u64()
-        text = r.text(MAX_TEXT)
+        r.fixed(_CONTENT_HEAD.size)
+        try:
+            text = r.fixed(text_len).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedMessage("invalid UTF-8") from exc
         count = r.u8()
         if count > MAX_ATTACHMENTS:
             raise MalformedMessage("too many attachments")

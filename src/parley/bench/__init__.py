@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m parley.bench {protocol} [--json]`` prints one JSON object."""
