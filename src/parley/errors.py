@@ -6,6 +6,14 @@ the CLI renders as one line on stderr. Errors are raised, never returned.
 
     ParleyError
     ├── LocalProtocolError        our own misuse of the protocol (a bug here)
+    ├── ApiError                  a request the server refuses (4xx JSON error)
+    │   ├── BadRequest            400 invalid input (also: invalid_phone, invalid_code)
+    │   ├── Unauthorized          401 missing or wrong credential, unknown account
+    │   ├── Forbidden             403 authenticated but not allowed (not a member...)
+    │   ├── NotFound              404
+    │   ├── Conflict              409 (StaleDevices lists missing/extra devices)
+    │   ├── PayloadTooLarge       413
+    │   └── RateLimited           429 with retry_after seconds
     └── RemoteProtocolError       bytes or keys from a peer that must be refused
         ├── MalformedMessage      does not decode (wrong version, length, kind...)
         ├── InvalidSignature      a bundle, prekey or group message signature fails
@@ -88,3 +96,75 @@ class FrankingError(DecryptionError):
     """A franking commitment or opening that does not match the message."""
 
     code = "franking_mismatch"
+
+
+class ApiError(ParleyError):
+    """A request the server refuses; rendered as ``{"error": {"code", "message"}}``."""
+
+    code = "bad_request"
+    http_status = 400
+
+    def details(self) -> dict[str, object]:
+        """Extra fields for the error object (e.g. the stale device lists)."""
+        return {}
+
+
+class BadRequest(ApiError):
+    code = "bad_request"
+    http_status = 400
+
+    def __init__(self, message: str = "", code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class Unauthorized(ApiError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+    http_status = 403
+
+
+class NotFound(ApiError):
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(ApiError):
+    code = "conflict"
+    http_status = 409
+
+
+class StaleDevices(Conflict):
+    """The sender's device list for a recipient is out of date (409)."""
+
+    code = "stale_devices"
+
+    def __init__(self, missing: list[int], extra: list[int]) -> None:
+        super().__init__("the device list for this recipient is out of date")
+        self.missing = missing
+        self.extra = extra
+
+    def details(self) -> dict[str, object]:
+        return {"missing_devices": self.missing, "extra_devices": self.extra}
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class RateLimited(ApiError):
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many requests; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, object]:
+        return {"retry_after": self.retry_after}

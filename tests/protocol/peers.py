@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from parley.crypto.random import Random
 from parley.protocol import session as sessions
+from parley.protocol.franking import direct_conversation
 from parley.protocol.keys import (
     IdentityKeyPair,
     KemPreKey,
@@ -20,10 +21,6 @@ from parley.protocol.wire import Content, PreKeyBundle, PreKeyMessage, RatchetMe
 def seeded(seed: int) -> Random:
     """A replayable RNG for tests (never for production keys)."""
     return random.Random(seed).randbytes
-
-
-def direct_conversation(a: str, b: str) -> str:
-    return "dm:" + ":".join(sorted((a, b)))
 
 
 @dataclass

@@ -93,6 +93,16 @@ class Opening:
         return hmac_sha256(self.franking_key, self.franked_bytes())
 
 
+def direct_conversation(a: str, b: str) -> str:
+    """The conversation name of a 1:1 chat between accounts ``a`` and ``b`` (symmetric)."""
+    return "dm:" + ":".join(sorted((a, b)))
+
+
+def group_conversation(group_id: str) -> str:
+    """The conversation name of a group (its id as 32 hex digits)."""
+    return "group:" + group_id
+
+
 def commit(content: Content, sender: str, conversation: str) -> bytes:
     """The sender's commitment to a message, sent outside the ciphertext."""
     return Opening.of(content, sender, conversation).commitment()

@@ -162,7 +162,7 @@ class GroupSession:
 
     def __init__(self, group_id: bytes, me: str, rng: Random) -> None:
         self.group_id = group_id
-        self.conversation = "group:" + group_id.hex()
+        self.conversation = franking.group_conversation(group_id.hex())
         self.me = me
         self.outbound = OutboundSenderKey.generate(group_id, rng)
         self.inbound: dict[str, OrderedDict[bytes, InboundSenderKey]] = {}

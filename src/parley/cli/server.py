@@ -1,0 +1,98 @@
+"""``parley-server``: run the relay on SQLite (default) or PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from parley.server.config import DAY_MS, ServerConfig
+
+
+def parse(argv: list[str] | None = None) -> ServerConfig:
+    p = argparse.ArgumentParser(prog="parley-server", description="Parley relay server")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("parley-data"),
+        help="data directory (default ./parley-data)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8470)
+    p.add_argument(
+        "--database-url", help="sqlite:///PATH (default: DATA_DIR/parley.db) or postgresql://..."
+    )
+    p.add_argument("--sms", default="console", help="console (default) or file:PATH")
+    p.add_argument(
+        "--message-ttl-days",
+        type=float,
+        default=30,
+        help="undelivered messages expire (default 30)",
+    )
+    p.add_argument(
+        "--ip-retention-days", type=float, default=7, help="connection log retention (default 7)"
+    )
+    p.add_argument("--max-attachment-mb", type=float, default=100)
+    p.add_argument("--registrations-per-ip-hour", type=int, default=100, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    data_dir: Path = args.data_dir.resolve()
+    if not 0 < args.port < 65536:
+        p.error("--port must be 1..65535")
+    from parley.server.sms import from_spec
+
+    try:
+        from_spec(args.sms)
+    except ValueError as exc:
+        p.error(str(exc))
+    return ServerConfig(
+        data_dir=data_dir,
+        database_url=args.database_url or ServerConfig.default_database_url(data_dir),
+        host=args.host,
+        port=args.port,
+        sms=args.sms,
+        message_ttl_ms=int(args.message_ttl_days * DAY_MS),
+        ip_retention_ms=int(args.ip_retention_days * DAY_MS),
+        max_attachment_bytes=int(args.max_attachment_mb * 1024 * 1024),
+        registrations_per_ip_hour=args.registrations_per_ip_hour,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse(argv)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        sys.stderr.write(
+            f"parley-server: cannot create data directory {config.data_dir}: {exc.strerror}\n"
+        )
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import uvicorn
+
+    from parley.server.app import create_app
+
+    try:
+        app = create_app(config)
+    except ValueError as exc:
+        sys.stderr.write(f"parley-server: {exc}\n")
+        return 2
+    uvicorn.run(
+        app,
+        host=config.host,
+        port=config.port,
+        access_log=False,  # an access log would be a record of who fetched whose keys
+        ws="websockets-sansio",
+        ws_max_size=64 * 1024,
+        timeout_graceful_shutdown=10,
+        log_level="info",
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The composition root: builds config, stores, handlers and routes. Nothing else wires things.
+
+Start-up runs the migrations, loads (or creates) the server secrets, starts
+the queue writer and the maintenance loop (expiry of queued messages,
+attachments, codes, provisioning blobs; pruning of the connection log).
+Shutdown (SIGTERM via uvicorn) closes sockets, then lets the queue writer
+finish every submitted commit before the engine is disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from parley import __version__
+from parley.errors import ApiError, RateLimited
+from parley.server.api.routes import Handlers, build_router
+from parley.server.api.websocket import websocket_endpoint
+from parley.server.config import ServerConfig
+from parley.server.fanout.local import LocalFanout
+from parley.server.handlers.accounts import AccountsHandler
+from parley.server.handlers.attachments import AttachmentsHandler
+from parley.server.handlers.groups import GroupsHandler
+from parley.server.handlers.keys import KeysHandler
+from parley.server.handlers.messages import MessagesHandler
+from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.sms import SmsSender, from_spec
+from parley.server.storage import db
+from parley.server.storage.accounts import AccountStore, CodeStore, ConnectionLog, ProvisioningStore
+from parley.server.storage.blobs import BlobStore
+from parley.server.storage.groups import GroupStore
+from parley.server.storage.keys import KeyStore
+from parley.server.storage.queue import MessageQueue
+from parley.server.storage.secrets import load_or_create
+
+log = logging.getLogger("parley.server")
+MAINTENANCE_INTERVAL_S = 60.0
+SENT_KEY_RETENTION_MS = 86_400_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def error_body(code: str, message: str, **details: object) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, **details}}
+
+
+class BodyLimit:
+    """Refuse bodies over the limit with a 413 JSON error, before they are buffered."""
+
+    def __init__(self, app: ASGIApp, default: int, attachments: int) -> None:
+        self.app = app
+        self.default = default
+        self.attachments = attachments
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.attachments if scope["path"] == "/v1/attachments" else self.default
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(send, limit)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send, limit)
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        response = JSONResponse(
+            error_body("payload_too_large", f"request bodies are limited to {limit} bytes"), 413
+        )
+        await response({"type": "http"}, _no_receive, send)
+
+
+class InternalErrors:
+    """A bug becomes a bare 500 JSON error; the log gets the exception type only,
+    never a traceback that could carry request data."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except Exception as exc:
+            log.error("internal error: %s", type(exc).__name__)
+            if scope["type"] == "http" and not started:
+                response = JSONResponse(error_body("internal", "internal server error"), 500)
+                await response(scope, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
+    engine = db.create_engine(config.database_url)
+    fanout = LocalFanout()
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await db.migrate(engine)
+        pepper = await load_or_create(engine, "pepper")
+        franking_key = await load_or_create(engine, "franking")
+        limiter = RateLimiter(time.monotonic)
+        queue = MessageQueue(engine, fanout.deliver)
+        codes, provisioning, connections = (
+            CodeStore(engine),
+            ProvisioningStore(engine),
+            ConnectionLog(engine),
+        )
+        blobs = BlobStore(engine, config.data_dir / "attachments")
+        accounts = AccountsHandler(
+            config,
+            AccountStore(engine),
+            codes,
+            provisioning,
+            connections,
+            sms or from_spec(config.sms),
+            limiter,
+            pepper,
+            now_ms,
+        )
+        accounts.on_device_removed = fanout.disconnect
+        keys = KeysHandler(
+            accounts,
+            KeyStore(engine),
+            limiter,
+            config.prekeys_low,
+            lambda a, d, ot, kem: fanout.notify(
+                a, d, {"type": "prekeys_low", "one_time_prekeys": ot, "kem_prekeys": kem}
+            ),
+        )
+        groups_store = GroupStore(engine)
+        handlers = Handlers(
+            accounts=accounts,
+            keys=keys,
+            messages=MessagesHandler(
+                accounts,
+                groups_store,
+                queue,
+                limiter,
+                franking_key,
+                pepper,
+                config.message_ttl_ms,
+                now_ms,
+            ),
+            groups=GroupsHandler(accounts, groups_store, limiter, now_ms),
+            attachments=AttachmentsHandler(
+                blobs, limiter, config.max_attachment_bytes, config.attachment_ttl_ms, now_ms
+            ),
+        )
+        app.include_router(build_router(handlers))
+        app.add_api_websocket_route(
+            "/v1/websocket", websocket_endpoint(accounts, queue, fanout, config.delivery_window)
+        )
+        queue.start()
+        state.update(queue=queue, handlers=handlers, engine=engine)
+        maintenance = asyncio.create_task(
+            _maintain(config, queue, [codes.prune, provisioning.prune, blobs.prune], connections)
+        )
+        log.info(
+            "parley-server %s ready on %s (%s)",
+            __version__,
+            f"{config.host}:{config.port}",
+            engine.dialect.name,
+        )
+        try:
+            yield
+        finally:
+            maintenance.cancel()
+            await fanout.close_all()
+            await queue.close()
+            await engine.dispose()
+            log.info("parley-server stopped; every submitted commit finished")
+
+    app = FastAPI(
+        title="Parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.state.fanout = fanout
+    app.state.parley = state
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, **exc.details()), exc.http_status, headers=headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return JSONResponse(
+            error_body("invalid_request", f"{where}: {first.get('msg', 'invalid input')}"), 400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    app.add_middleware(
+        BodyLimit, default=config.max_body_bytes, attachments=config.max_attachment_bytes
+    )
+    app.add_middleware(InternalErrors)
+    return app
+
+
+async def _maintain(
+    config: ServerConfig,
+    queue: MessageQueue,
+    expirers: list[Callable[[int], Awaitable[object]]],
+    connections: ConnectionLog,
+) -> None:
+    """Expire and prune on a schedule; a failure is logged and retried next round."""
+    while True:
+        now = now_ms()
+        try:
+            expired = await queue.prune(now, now - SENT_KEY_RETENTION_MS)
+            pruned = await connections.prune(now - config.ip_retention_ms)
+            for expire in expirers:
+                await expire(now)
+            if expired or pruned:
+                log.info(
+                    "maintenance: %d expired messages, %d connection-log rows pruned",
+                    expired,
+                    pruned,
+                )
+        except Exception as exc:
+            log.warning("maintenance failed: %s", type(exc).__name__)
+        await asyncio.sleep(MAINTENANCE_INTERVAL_S)

@@ -1,0 +1,32 @@
+"""Server configuration, built once by the command line and passed to the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    data_dir: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8470
+    sms: str = "console"
+    message_ttl_ms: int = 30 * DAY_MS
+    ip_retention_ms: int = 7 * DAY_MS
+    attachment_ttl_ms: int = 30 * DAY_MS
+    max_attachment_bytes: int = 100 * 1024 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_linked_devices: int = 5
+    code_ttl_ms: int = 10 * 60_000
+    code_attempts: int = 5
+    registrations_per_ip_hour: int = 100
+    prekeys_low: int = 10
+    delivery_window: int = 100
+
+    @staticmethod
+    def default_database_url(data_dir: Path) -> str:
+        return f"sqlite:///{data_dir / 'parley.db'}"

@@ -1,0 +1,1 @@
+"""The rules: accounts, devices, keys, messages, groups, attachments, delivery."""

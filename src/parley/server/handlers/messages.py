@@ -1,0 +1,166 @@
+"""Sending, fetching and acknowledging messages; group fan-out; franking tags.
+
+A 1:1 send carries one envelope per recipient device and must name exactly
+the recipient's current devices (409 ``stale_devices`` otherwise, listing
+the missing and extra ones); to one's own account it names every other own
+device (sync copies). Every envelope must decode as a Parley envelope of the
+right kind, which also yields the franking commitment the server tags:
+``tag = HMAC(server key, commitment, sender, conversation, server time)``.
+The server learns who sends to whom only while a message is queued; the
+row is deleted on acknowledgement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from parley.crypto.primitives import hmac_sha256
+from parley.errors import BadRequest, Forbidden, NotFound, RemoteProtocolError, StaleDevices
+from parley.protocol import franking
+from parley.protocol.wire import PreKeyMessage, RatchetMessage, SenderKeyMessage, decode_envelope
+from parley.server.handlers.accounts import AccountsHandler, Principal
+from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.storage.groups import GroupStore
+from parley.server.storage.queue import MessageQueue, QueuedMessage
+
+MAX_CLIENT_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    server_ms: int
+    duplicate: bool
+
+
+class MessagesHandler:
+    def __init__(
+        self,
+        accounts: AccountsHandler,
+        groups: GroupStore,
+        queue: MessageQueue,
+        limiter: RateLimiter,
+        franking_key: bytes,
+        pepper: bytes,
+        ttl_ms: int,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self._accounts = accounts
+        self._groups = groups
+        self._queue = queue
+        self._limiter = limiter
+        self._franking_key = franking_key
+        self._pepper = pepper
+        self._ttl = ttl_ms
+        self._now = clock_ms
+
+    def _idempotency_key(self, who: Principal, target: str, client_id: str) -> bytes:
+        if not client_id or len(client_id) > MAX_CLIENT_ID:
+            raise BadRequest(f"client_id must be 1..{MAX_CLIENT_ID} characters")
+        return hmac_sha256(
+            self._pepper,
+            f"sent\x00{who.account_id}\x00{who.device_id}\x00{target}\x00{client_id}".encode(),
+        )
+
+    def _row(
+        self,
+        who: Principal,
+        account_id: str,
+        device_id: int,
+        group: str | None,
+        envelope: bytes,
+        tag: bytes,
+        now: int,
+    ) -> dict[str, Any]:
+        return {
+            "guid": str(uuid.uuid4()),
+            "account_id": account_id,
+            "device_id": device_id,
+            "sender_account": who.account_id,
+            "sender_device": who.device_id,
+            "group_id": group,
+            "envelope": envelope,
+            "franking_tag": tag,
+            "server_ms": now,
+            "expires_ms": now + self._ttl,
+        }
+
+    async def send_direct(
+        self, who: Principal, recipient: str, client_id: str, envelopes: dict[int, bytes]
+    ) -> SendResult:
+        self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        key = self._idempotency_key(who, recipient, client_id)
+        await self._accounts.account(recipient)
+        expected = set(await self._accounts.device_ids(recipient))
+        if recipient == who.account_id:
+            expected.discard(who.device_id)
+        given = set(envelopes)
+        if given != expected:
+            raise StaleDevices(sorted(expected - given), sorted(given - expected))
+        now = self._now()
+        conversation = franking.direct_conversation(who.account_id, recipient)
+        rows = []
+        for device_id, envelope in sorted(envelopes.items()):
+            commitment = _commitment(envelope, (RatchetMessage, PreKeyMessage))
+            tag = franking.server_tag(
+                self._franking_key, commitment, who.account_id, conversation, now
+            )
+            rows.append(self._row(who, recipient, device_id, None, envelope, tag, now))
+        server_ms = await self._queue.enqueue(rows, key, now)
+        assert server_ms is not None
+        return SendResult(server_ms, server_ms != now)
+
+    async def send_group(
+        self, who: Principal, group_id: str, client_id: str, envelope: bytes
+    ) -> SendResult:
+        self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        key = self._idempotency_key(who, "group:" + group_id, client_id)
+        members = await self._groups.members(group_id)
+        if not members:
+            raise NotFound("no such group")
+        if who.account_id not in members:
+            raise Forbidden("only members may post to a group")
+        commitment = _commitment(envelope, (SenderKeyMessage,))
+        now = self._now()
+        tag = franking.server_tag(
+            self._franking_key,
+            commitment,
+            who.account_id,
+            franking.group_conversation(group_id),
+            now,
+        )
+        rows = [
+            self._row(who, member, device_id, group_id, envelope, tag, now)
+            for member in sorted(members)
+            for device_id in await self._accounts.device_ids(member)
+            if (member, device_id) != (who.account_id, who.device_id)
+        ]
+        server_ms = await self._queue.enqueue(rows, key, now)
+        assert server_ms is not None
+        return SendResult(server_ms, server_ms != now)
+
+    async def fetch(self, who: Principal, limit: int) -> list[QueuedMessage]:
+        """Queued messages in order (for clients without a websocket)."""
+        return await self._queue.pending(who.account_id, who.device_id, 0, limit)
+
+    async def ack(self, who: Principal, guids: list[str]) -> None:
+        pending = await self._queue.pending(who.account_id, who.device_id, 0, 10_000)
+        mine = {m.guid for m in pending}
+        owned = [g for g in guids if g in mine]
+        if owned:
+            await self._queue.delete(owned)
+
+
+def _commitment(envelope: bytes, kinds: tuple[type, ...]) -> bytes:
+    try:
+        decoded = decode_envelope(envelope)
+    except RemoteProtocolError as exc:
+        raise BadRequest(f"malformed envelope: {exc.message}", "malformed_envelope") from exc
+    if not isinstance(decoded, kinds):
+        raise BadRequest("wrong kind of envelope for this conversation", "malformed_envelope")
+    if isinstance(decoded, PreKeyMessage):
+        return decoded.message.commitment
+    assert isinstance(decoded, RatchetMessage | SenderKeyMessage)
+    return decoded.commitment

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy engines, migrations, one store per record kind. The only place with SQL."""

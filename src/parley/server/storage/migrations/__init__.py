@@ -1,0 +1,1 @@
+"""Alembic migrations; run at server start by ``storage.db.migrate``."""

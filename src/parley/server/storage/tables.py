@@ -1,0 +1,171 @@
+"""The schema, as SQLAlchemy Core tables. Changes go through a migration in ``migrations/``.
+
+What is kept about a person (README, "What the server keeps"): the phone
+number, the creation date, the last-seen *day*, devices with hashed
+credentials, public keys, group membership, and a connection log of IP
+addresses pruned after the retention period. Queued messages are ciphertext
+and are deleted on acknowledgement or expiry.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("phone", String(20), nullable=False, unique=True),
+    Column("identity_key", LargeBinary(64), nullable=False),
+    Column("created_day", String(10), nullable=False),
+    Column("last_seen_day", String(10), nullable=False),
+    Column("next_device_id", Integer, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("device_id", Integer, primary_key=True),
+    Column("credential_hash", LargeBinary(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+signed_prekeys = Table(
+    "signed_prekeys",
+    metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("device_id", Integer, primary_key=True),
+    Column("key_id", BigInteger, nullable=False),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+)
+
+kem_prekeys = Table(
+    "kem_prekeys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), nullable=False),
+    Column("device_id", Integer, nullable=False),
+    Column("key_id", BigInteger, nullable=False),
+    Column("public_key", LargeBinary(1184), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+    Column("last_resort", Boolean, nullable=False),
+    Index("ix_kem_prekeys_owner", "account_id", "device_id", "last_resort"),
+)
+
+one_time_prekeys = Table(
+    "one_time_prekeys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), nullable=False),
+    Column("device_id", Integer, nullable=False),
+    Column("key_id", BigInteger, nullable=False),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Index("ix_one_time_prekeys_owner", "account_id", "device_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("guid", String(36), nullable=False, unique=True),
+    Column("account_id", String(36), nullable=False),
+    Column("device_id", Integer, nullable=False),
+    Column("sender_account", String(36), nullable=False),
+    Column("sender_device", Integer, nullable=False),
+    Column("group_id", String(32), nullable=True),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("franking_tag", LargeBinary(32), nullable=False),
+    Column("server_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_messages_queue", "account_id", "device_id", "id"),
+    Index("ix_messages_expiry", "expires_ms"),
+)
+
+# Idempotency for re-sends. The key is HMAC(server secret, sender, device,
+# client message id): it names no recipient, so it is no record of who wrote
+# to whom, and it is pruned after a day.
+sent_keys = Table(
+    "sent_keys",
+    metadata,
+    Column("key", LargeBinary(32), primary_key=True),
+    Column("server_ms", BigInteger, nullable=False),
+    Index("ix_sent_keys_time", "server_ms"),
+)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", String(32), primary_key=True),
+    Column("account_id", String(36), primary_key=True),
+    Column("admin", Boolean, nullable=False),
+    Index("ix_group_members_account", "account_id"),
+)
+
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("size", Integer, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_attachments_expiry", "expires_ms"),
+)
+
+registration_codes = Table(
+    "registration_codes",
+    metadata,
+    Column("phone", String(20), primary_key=True),
+    Column("code_hash", LargeBinary(32), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("attempts", Integer, nullable=False),
+)
+
+provisioning = Table(
+    "provisioning",
+    metadata,
+    Column("lookup_hash", LargeBinary(32), primary_key=True),
+    Column("account_id", String(36), nullable=False),
+    Column("blob", LargeBinary, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
+connection_log = Table(
+    "connection_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), nullable=False),
+    Column("ip", String(45), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_connection_log_account", "account_id", "at_ms"),
+    Index("ix_connection_log_time", "at_ms"),
+)
+
+server_secrets = Table(
+    "server_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", LargeBinary(64), nullable=False),
+)
+
+__all__ = ["UniqueConstraint", "metadata"]
