@@ -14,6 +14,8 @@ the CLI renders as one line on stderr. Errors are raised, never returned.
     │   ├── Conflict              409 (StaleDevices lists missing/extra devices)
     │   ├── PayloadTooLarge       413
     │   └── RateLimited           429 with retry_after seconds
+    ├── ServerError               the client's view of a server's JSON error
+    │   └── Unreachable           no answer from the server at all
     └── RemoteProtocolError       bytes or keys from a peer that must be refused
         ├── MalformedMessage      does not decode (wrong version, length, kind...)
         ├── InvalidSignature      a bundle, prekey or group message signature fails
@@ -168,3 +170,24 @@ class RateLimited(ApiError):
 
     def details(self) -> dict[str, object]:
         return {"retry_after": self.retry_after}
+
+
+class ServerError(ParleyError):
+    """A JSON error returned by the server, as the client sees it."""
+
+    code = "server_error"
+
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details or {}
+
+
+class Unreachable(ServerError):
+    """The server did not answer (refused, timed out, or not HTTP)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "unreachable", message)

@@ -35,6 +35,7 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
     )
     p.add_argument("--max-attachment-mb", type=float, default=100)
     p.add_argument("--registrations-per-ip-hour", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument("--maintenance-interval", type=float, default=60.0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     data_dir: Path = args.data_dir.resolve()
     if not 0 < args.port < 65536:
@@ -55,6 +56,7 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         ip_retention_ms=int(args.ip_retention_days * DAY_MS),
         max_attachment_bytes=int(args.max_attachment_mb * 1024 * 1024),
         registrations_per_ip_hour=args.registrations_per_ip_hour,
+        maintenance_interval_s=args.maintenance_interval,
     )
 
 

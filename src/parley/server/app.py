@@ -44,7 +44,6 @@ from parley.server.storage.queue import MessageQueue
 from parley.server.storage.secrets import load_or_create
 
 log = logging.getLogger("parley.server")
-MAINTENANCE_INTERVAL_S = 60.0
 SENT_KEY_RETENTION_MS = 86_400_000
 
 
@@ -267,4 +266,4 @@ async def _maintain(
                 )
         except Exception as exc:
             log.warning("maintenance failed: %s", type(exc).__name__)
-        await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+        await asyncio.sleep(config.maintenance_interval_s)

@@ -26,6 +26,7 @@ class ServerConfig:
     registrations_per_ip_hour: int = 100
     prekeys_low: int = 10
     delivery_window: int = 100
+    maintenance_interval_s: float = 60.0
 
     @staticmethod
     def default_database_url(data_dir: Path) -> str:

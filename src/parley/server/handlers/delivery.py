@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -178,7 +179,9 @@ class DeliverySession:
         limit = max(room, 1)
         self._reading, self._read_buffer = True, []
         try:
-            rows = await self._queue.pending(self.owner[0], self.owner[1], self._known_id, limit)
+            rows = await self._queue.pending(
+                self.owner[0], self.owner[1], self._known_id, limit, time.time_ns() // 1_000_000
+            )
         finally:
             self._reading = False
         self._outbox.extend(rows)

@@ -143,10 +143,10 @@ class MessagesHandler:
 
     async def fetch(self, who: Principal, limit: int) -> list[QueuedMessage]:
         """Queued messages in order (for clients without a websocket)."""
-        return await self._queue.pending(who.account_id, who.device_id, 0, limit)
+        return await self._queue.pending(who.account_id, who.device_id, 0, limit, self._now())
 
     async def ack(self, who: Principal, guids: list[str]) -> None:
-        pending = await self._queue.pending(who.account_id, who.device_id, 0, 10_000)
+        pending = await self._queue.pending(who.account_id, who.device_id, 0, 10_000, 0)
         mine = {m.guid for m in pending}
         owned = [g for g in guids if g in mine]
         if owned:

@@ -200,8 +200,9 @@ class MessageQueue:
     # -- reads and maintenance (outside the writer: WAL readers do not block it) ------
 
     async def pending(
-        self, account_id: str, device_id: int, after_id: int, limit: int
+        self, account_id: str, device_id: int, after_id: int, limit: int, now_ms: int
     ) -> list[QueuedMessage]:
+        """Queued rows in id order, skipping any past their expiry (pruned later)."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(messages)
@@ -209,6 +210,7 @@ class MessageQueue:
                     messages.c.account_id == account_id,
                     messages.c.device_id == device_id,
                     messages.c.id > after_id,
+                    messages.c.expires_ms > now_ms,
                 )
                 .order_by(messages.c.id)
                 .limit(limit)

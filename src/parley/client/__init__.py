@@ -1,0 +1,1 @@
+"""The Parley client: server API transport, key management, sessions, local store."""

@@ -1,0 +1,176 @@
+"""The async client: a device's state plus the server transport.
+
+Retries are safe: every send carries a client message id, so a retry after a
+network fault is stored once (the server answers ``duplicate: true``). A
+409 ``stale_devices`` refreshes the recipient's device list and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from parley.client.api import ApiClient, b64e, keys_json
+from parley.client.device import DeviceState, Received
+from parley.crypto.random import Random
+from parley.errors import RemoteProtocolError, ServerError
+from parley.protocol.keys import IdentityKeyPair
+from parley.protocol.wire import AttachmentPointer, Content
+
+MAX_STALE_RETRIES = 3
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Messenger:
+    def __init__(self, api: ApiClient, state: DeviceState) -> None:
+        self.api = api
+        self.state = state
+
+    @classmethod
+    async def register(
+        cls,
+        url: str,
+        phone: str,
+        get_code: Callable[[str], Awaitable[str]],
+        rng: Random,
+        one_time: int = 20,
+    ) -> Messenger:
+        api = ApiClient(url)
+        state = DeviceState(IdentityKeyPair.generate(rng), rng)
+        await api.request_code(phone)
+        code = await get_code(phone)
+        ot, kem = state.new_one_time_keys(one_time)
+        result = await api.verify(
+            phone,
+            code,
+            state.identity,
+            keys_json(state.signed_prekey, state.kem_last_resort, ot, kem),
+        )
+        state.account_id, state.device_id = result["account_id"], int(result["device_id"])
+        return cls(api, state)
+
+    @property
+    def account_id(self) -> str:
+        return self.state.account_id
+
+    def content(
+        self, text: str, attachments: tuple[AttachmentPointer, ...] = (), control: bytes = b""
+    ) -> Content:
+        return Content(self.state.rng(32), now_ms(), text, attachments, control)
+
+    async def send_content(
+        self, account_id: str, content: Content, client_id: str | None = None
+    ) -> dict[str, Any]:
+        """Encrypt for every device of the recipient and post; handles stale device lists."""
+        client_id = client_id or str(uuid.uuid4())
+        contact: dict[str, Any] = await self.api.call("GET", f"/v1/accounts/{account_id}")
+        devices = [
+            d
+            for d in contact["devices"]
+            if (account_id, d) != (self.account_id, self.state.device_id)
+        ]
+        for _ in range(MAX_STALE_RETRIES):
+            missing = [d for d in devices if not self.state.has_session(account_id, d)]
+            if missing:
+                bundles: dict[str, Any] = await self.api.call("GET", f"/v1/keys/{account_id}")
+                for device in bundles["devices"]:
+                    if device["device_id"] in missing:
+                        self.state.start_session(account_id, bundles["identity_key"], device)
+            messages = [
+                {"device_id": d, "envelope": b64e(self.state.encrypt(account_id, d, content))}
+                for d in devices
+                if self.state.has_session(account_id, d)
+            ]
+            try:
+                result: dict[str, Any] = await self.api.call(
+                    "PUT",
+                    f"/v1/messages/{account_id}",
+                    {"client_id": client_id, "messages": messages},
+                )
+                return result
+            except ServerError as exc:
+                if exc.code != "stale_devices":
+                    raise
+                extra = {int(d) for d in _int_list(exc.details.get("extra_devices"))}
+                missing_now = {int(d) for d in _int_list(exc.details.get("missing_devices"))}
+                for d in extra:
+                    self.state.sessions.pop((account_id, d), None)
+                devices = sorted((set(devices) - extra) | missing_now)
+        raise ServerError(409, "stale_devices", "the recipient's devices kept changing; try again")
+
+    async def send_text(
+        self, account_id: str, text: str, client_id: str | None = None
+    ) -> dict[str, Any]:
+        return await self.send_content(account_id, self.content(text), client_id)
+
+    # -- groups ---------------------------------------------------------------------------------------
+
+    async def create_group(self, member_ids: list[str]) -> str:
+        info: dict[str, Any] = await self.api.call("POST", "/v1/groups", {"members": member_ids})
+        gid = str(info["group_id"])
+        group = self.state.group(gid)
+        group.add_members([m for m in info["members"] if m != self.account_id])
+        await self.distribute_sender_key(gid)
+        return gid
+
+    async def distribute_sender_key(self, gid: str) -> None:
+        group = self.state.group(gid)
+        control = DeviceState.sender_key_control(group.outbound.distribution())
+        for member in sorted(group.members):
+            await self.send_content(member, self.content("", control=control))
+
+    async def remove_member(self, gid: str, account_id: str) -> None:
+        await self.api.call("DELETE", f"/v1/groups/{gid}/members/{account_id}")
+        self.state.group(gid).remove_member(account_id, self.state.rng)
+        await self.distribute_sender_key(gid)
+
+    async def send_group(self, gid: str, text: str, client_id: str | None = None) -> dict[str, Any]:
+        msg = self.state.group(gid).encrypt(self.content(text))
+        result: dict[str, Any] = await self.api.call(
+            "PUT",
+            f"/v1/groups/{gid}/messages",
+            {"client_id": client_id or str(uuid.uuid4()), "envelope": b64e(msg.to_bytes())},
+        )
+        return result
+
+    # -- receiving ------------------------------------------------------------------------------------
+
+    async def receive(
+        self, ws: ClientConnection, until_empty: bool = True, timeout: float = 10.0
+    ) -> list[Received]:
+        """Read pushed messages, decrypt and ack each; stop at ``queue_empty`` or on timeout.
+
+        Messages that fail to decrypt are acknowledged and dropped (they can never
+        open later), so a forged message cannot block the queue.
+        """
+        got: list[Received] = []
+        while True:
+            try:
+                raw = await asyncio.wait_for(ws.recv(), timeout)
+            except TimeoutError:
+                return got
+            frame = json.loads(raw)
+            if frame.get("type") == "queue_empty":
+                if until_empty:
+                    return got
+                continue
+            if frame.get("type") != "message":
+                continue
+            try:
+                got.append(self.state.open(frame))
+            except RemoteProtocolError:
+                pass
+            await ApiClient.ack(ws, [frame["id"]])
+
+
+def _int_list(value: object) -> list[int]:
+    return [int(v) for v in value if isinstance(v, int)] if isinstance(value, list) else []
