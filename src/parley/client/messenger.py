@@ -8,6 +8,7 @@ network fault is stored once (the server answers ``duplicate: true``). A
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -165,10 +166,8 @@ class Messenger:
                 continue
             if frame.get("type") != "message":
                 continue
-            try:
+            with contextlib.suppress(RemoteProtocolError):
                 got.append(self.state.open(frame))
-            except RemoteProtocolError:
-                pass
             await ApiClient.ack(ws, [frame["id"]])
 
 
