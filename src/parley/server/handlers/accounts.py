@@ -64,8 +64,8 @@ def normalize_phone(raw: str) -> str:
         raise BadRequest(
             "not a phone number in international format (+CC...)", "invalid_phone"
         ) from exc
-    if not phonenumbers.is_valid_number(number):
-        raise BadRequest("not a valid phone number", "invalid_phone")
+    if not phonenumbers.is_valid_number(number) or number.extension:
+        raise BadRequest("not a valid phone number (extensions cannot receive codes)", "invalid_phone")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
