@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         sys.stderr.write(f"parley-server: {exc}\n")
         return 2
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
+    # through the handler it found installed: make that a clean exit status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.run(
         app,
         host=config.host,
