@@ -114,7 +114,9 @@ class DeliverySession:
         self._wake.set()
 
     def close_soon(self, code: int) -> None:
-        self._close_code = code
+        """Close with ``code``; the first reason given wins."""
+        if self._close_code is None:
+            self._close_code = code
         self._wake.set()
 
     async def on_frame(self, text: str) -> None:
