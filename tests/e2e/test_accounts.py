@@ -20,7 +20,9 @@ from .conftest import new_phone, register
 from .server import ServerProcess
 
 
-async def test_registration_with_file_sms_and_bounded_attempts(sqlite_server: ServerProcess) -> None:
+async def test_registration_with_file_sms_and_bounded_attempts(
+    sqlite_server: ServerProcess,
+) -> None:
     phone = new_phone()
     api = ApiClient(sqlite_server.url)
     await api.request_code(phone)
@@ -45,7 +47,9 @@ async def test_registration_with_file_sms_and_bounded_attempts(sqlite_server: Se
     await api.close()
 
 
-async def test_answers_do_not_reveal_whether_a_number_is_registered(sqlite_server: ServerProcess) -> None:
+async def test_answers_do_not_reveal_whether_a_number_is_registered(
+    sqlite_server: ServerProcess,
+) -> None:
     known = await register(sqlite_server)
     me = await known.api.call("GET", "/v1/accounts/me")
     async with httpx.AsyncClient(base_url=sqlite_server.url) as http:
@@ -58,22 +62,34 @@ async def test_answers_do_not_reveal_whether_a_number_is_registered(sqlite_serve
 async def test_code_requests_are_rate_limited_per_number(sqlite_server: ServerProcess) -> None:
     phone = new_phone()
     async with httpx.AsyncClient(base_url=sqlite_server.url) as http:
-        answers = [await http.post("/v1/registration/code", json={"phone": phone}) for _ in range(4)]
+        answers = [
+            await http.post("/v1/registration/code", json={"phone": phone}) for _ in range(4)
+        ]
     assert [r.status_code for r in answers[:3]] == [202, 202, 202]
     assert answers[3].status_code == 429
     assert int(answers[3].headers["retry-after"]) > 0
     assert answers[3].json()["error"]["code"] == "rate_limited"
 
 
-@pytest.mark.parametrize("phone", ["12345", "+1", "+999123456789", "not a number", "+44 20 7946 0000 ext 1234567"])
+@pytest.mark.parametrize(
+    "phone", ["12345", "+1", "+999123456789", "not a number", "+44 20 7946 0000 ext 1234567"]
+)
 async def test_invalid_numbers_are_refused(sqlite_server: ServerProcess, phone: str) -> None:
     async with httpx.AsyncClient(base_url=sqlite_server.url) as http:
         r = await http.post("/v1/registration/code", json={"phone": phone})
-    assert r.status_code == 400 and r.json()["error"]["code"] in ("invalid_phone", "invalid_request")
+    assert r.status_code == 400 and r.json()["error"]["code"] in (
+        "invalid_phone",
+        "invalid_request",
+    )
 
 
 async def test_numbers_are_normalised_to_e164(sqlite_server: ServerProcess) -> None:
-    m = await Messenger.register(sqlite_server.url, "+1 (415) 300-1234", lambda _p: sqlite_server.code_for("+14153001234"), secrets.token_bytes)
+    m = await Messenger.register(
+        sqlite_server.url,
+        "+1 (415) 300-1234",
+        lambda _p: sqlite_server.code_for("+14153001234"),
+        secrets.token_bytes,
+    )
     assert (await m.api.call("GET", "/v1/accounts/me"))["phone"] == "+14153001234"
     await m.api.close()
 
@@ -81,7 +97,11 @@ async def test_numbers_are_normalised_to_e164(sqlite_server: ServerProcess) -> N
 async def _link(server: ServerProcess, primary: Messenger) -> Messenger:
     """Link a device; the provisioning blob carries the identity (the client encrypts it)."""
     lookup = secrets.token_bytes(32)
-    await primary.api.call("POST", "/v1/devices/provisioning", {"lookup": b64e(lookup), "blob": b64e(primary.state.identity.private_bytes())})
+    await primary.api.call(
+        "POST",
+        "/v1/devices/provisioning",
+        {"lookup": b64e(lookup), "blob": b64e(primary.state.identity.private_bytes())},
+    )
     api = ApiClient(server.url)
     identity = IdentityKeyPair.from_private_bytes(primary.state.identity.private_bytes())
     state = DeviceState(identity, secrets.token_bytes)
@@ -117,14 +137,18 @@ async def test_linked_device_receives_and_unlinking_revokes_at_once(server: Serv
         await m.api.close()
 
 
-async def test_at_most_five_linked_devices_and_only_the_primary_links(sqlite_server: ServerProcess) -> None:
+async def test_at_most_five_linked_devices_and_only_the_primary_links(
+    sqlite_server: ServerProcess,
+) -> None:
     primary = await register(sqlite_server)
     linked = [await _link(sqlite_server, primary) for _ in range(5)]
     with pytest.raises(ServerError) as err:
         await _link(sqlite_server, primary)
     assert err.value.status == 403
     with pytest.raises(ServerError) as err:
-        await linked[0].api.call("POST", "/v1/devices/provisioning", {"lookup": b64e(b"k" * 32), "blob": b64e(b"x")})
+        await linked[0].api.call(
+            "POST", "/v1/devices/provisioning", {"lookup": b64e(b"k" * 32), "blob": b64e(b"x")}
+        )
     assert err.value.status == 403
     with pytest.raises(ServerError) as err:  # a provisioning code works once
         await ApiClient(sqlite_server.url).link(b"\x00" * 32, {})
@@ -132,7 +156,11 @@ async def test_at_most_five_linked_devices_and_only_the_primary_links(sqlite_ser
 
 
 async def test_attachments_round_trip_with_limits(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, f"sqlite:///{tmp_path / 'data' / 'parley.db'}", extra=["--max-attachment-mb", "0.01"])
+    server = ServerProcess(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'data' / 'parley.db'}",
+        extra=["--max-attachment-mb", "0.01"],
+    )
     server.start()
     try:
         m = await register(server)

@@ -178,3 +178,30 @@ async def test_prekeys_low_is_pushed_to_the_owner(server: ServerProcess) -> None
     assert frame["type"] == "prekeys_low" and frame["one_time_prekeys"] < 10
     await owner.api.close()
     await other.api.close()
+
+
+async def test_each_delivered_message_carries_a_valid_server_franking_tag(
+    sqlite_server: ServerProcess,
+) -> None:
+    import sqlite3
+
+    from parley.protocol import franking
+    from parley.protocol.franking import Opening
+
+    alice, bob = await register(sqlite_server), await register(sqlite_server)
+    await alice.send_text(bob.account_id, "tagged")
+    gid = await alice.create_group([bob.account_id])
+    await alice.send_group(gid, "tagged in a group")
+    async with bob.api.websocket() as ws:
+        got = [m for m in await bob.receive(ws) if m.content.text]
+    with sqlite3.connect(sqlite_server.data_dir / "parley.db") as conn:
+        key = conn.execute("select value from server_secrets where name = 'franking'").fetchone()[0]
+    for m in got:
+        conversation = (
+            franking.group_conversation(m.group)
+            if m.group
+            else franking.direct_conversation(m.sender, bob.account_id)
+        )
+        opening = Opening.of(m.content, m.sender, conversation)
+        franking.verify_report(key, opening, m.commitment, m.server_ms, m.franking_tag)
+    assert sorted(m.content.text for m in got) == ["tagged", "tagged in a group"]

@@ -21,7 +21,9 @@ async def _establish(alice: Messenger, bob: Messenger) -> None:
         assert [m.content.text for m in await bob.receive(ws)] == ["hello"]
 
 
-async def _send_all(alice: Messenger, bob: Messenger, texts: list[str], acked: set[str], workers: int = 4) -> set[str]:
+async def _send_all(
+    alice: Messenger, bob: Messenger, texts: list[str], acked: set[str], workers: int = 4
+) -> set[str]:
     """Send texts concurrently; return those that failed (no acknowledgement)."""
     queue = list(texts)
     failed: set[str] = set()
@@ -48,7 +50,9 @@ async def _drain(bob: Messenger) -> dict[str, set[str]]:
     return seen
 
 
-async def test_kill_9_under_load_loses_and_duplicates_nothing_acknowledged(server: ServerProcess) -> None:
+async def test_kill_9_under_load_loses_and_duplicates_nothing_acknowledged(
+    server: ServerProcess,
+) -> None:
     alice, bob = await register(server), await register(server)
     await _establish(alice, bob)
     texts = [f"load-{i}" for i in range(400)]
@@ -97,8 +101,16 @@ async def test_sigterm_finishes_in_flight_commits(server: ServerProcess) -> None
 async def test_undelivered_messages_expire_and_ip_log_is_pruned(tmp_path: Path) -> None:
     db = tmp_path / "data" / "parley.db"
     server = ServerProcess(
-        tmp_path, f"sqlite:///{db}",
-        extra=["--message-ttl-days", "0.00002", "--ip-retention-days", "0.00002", "--maintenance-interval", "0.3"],
+        tmp_path,
+        f"sqlite:///{db}",
+        extra=[
+            "--message-ttl-days",
+            "0.00002",
+            "--ip-retention-days",
+            "0.00002",
+            "--maintenance-interval",
+            "0.3",
+        ],
     )
     server.start()
     try:

@@ -23,11 +23,15 @@ def _stored_bytes(server: ServerProcess) -> bytes:
     if server.database_url.startswith("postgresql"):
         name = server.database_url.rsplit("/", 1)[1]
         base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-        blobs.append(subprocess.run(["pg_dump", f"{base}/{name}"], capture_output=True, check=True).stdout)
+        blobs.append(
+            subprocess.run(["pg_dump", f"{base}/{name}"], capture_output=True, check=True).stdout
+        )
     return b"\n".join(blobs)
 
 
-async def test_no_plaintext_code_key_or_credential_reaches_the_server(server: ServerProcess) -> None:
+async def test_no_plaintext_code_key_or_credential_reaches_the_server(
+    server: ServerProcess,
+) -> None:
     alice, bob = await register(server), await register(server)
     text_canary = "CANARY-TEXT-" + secrets.token_hex(8)
     file_canary = ("CANARY-FILE-" + secrets.token_hex(8)).encode()
@@ -35,7 +39,9 @@ async def test_no_plaintext_code_key_or_credential_reaches_the_server(server: Se
 
     enc = attachments.encrypt(file_canary * 10, secrets.token_bytes)
     up = await alice.api.call("POST", "/v1/attachments", content=enc.blob)
-    pointer = AttachmentPointer(up["id"], enc.key, enc.digest, len(enc.blob), "text/plain", "canary.txt")
+    pointer = AttachmentPointer(
+        up["id"], enc.key, enc.digest, len(enc.blob), "text/plain", "canary.txt"
+    )
     await alice.send_content(bob.account_id, alice.content(text_canary, (pointer,)))
     gid = await alice.create_group([bob.account_id])
     await alice.send_group(gid, group_canary)
@@ -45,7 +51,12 @@ async def test_no_plaintext_code_key_or_credential_reaches_the_server(server: Se
     assert text_canary in texts and group_canary in texts  # the traffic really happened
     received = next(m for m in got if m.content.text == text_canary)
     blob = await bob.api.call("GET", f"/v1/attachments/{received.content.attachments[0].id}")
-    assert attachments.decrypt(received.content.attachments[0].key, received.content.attachments[0].digest, blob) == file_canary * 10
+    assert (
+        attachments.decrypt(
+            received.content.attachments[0].key, received.content.attachments[0].digest, blob
+        )
+        == file_canary * 10
+    )
 
     phone = (await alice.api.call("GET", "/v1/accounts/me"))["phone"]
     codes = [line.split()[1] for line in server.sms_file.read_text().splitlines()]
@@ -60,8 +71,11 @@ async def test_no_plaintext_code_key_or_credential_reaches_the_server(server: Se
         "attachment key (base64)": b64e(enc.key).encode(),
         **{f"registration code {c}": f"code is {c}".encode() for c in codes},
         **{f"registration code {c} (bare)": f" {c}\n".encode() for c in codes},
-        **{"credential": t.encode() for t in tokens},
-        **{"credential (decoded)": base64.urlsafe_b64decode(t + "==") for t in tokens},
+        **{f"credential {i}": t.encode() for i, t in enumerate(tokens)},
+        **{
+            f"credential {i} (decoded)": base64.urlsafe_b64decode(t + "==")
+            for i, t in enumerate(tokens)
+        },
     }
     leaks = [name for name, needle in forbidden.items() if needle in stored]
     assert not leaks, f"found on the server: {leaks}"

@@ -65,7 +65,9 @@ def normalize_phone(raw: str) -> str:
             "not a phone number in international format (+CC...)", "invalid_phone"
         ) from exc
     if not phonenumbers.is_valid_number(number) or number.extension:
-        raise BadRequest("not a valid phone number (extensions cannot receive codes)", "invalid_phone")
+        raise BadRequest(
+            "not a valid phone number (extensions cannot receive codes)", "invalid_phone"
+        )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
