@@ -9,7 +9,11 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parley.bench")
-    parser.add_argument("suite", choices=["protocol"])
+    parser.add_argument("suite", choices=["protocol", "server"])
+    parser.add_argument(
+        "--connections", type=int, default=1000, help="server: websocket connections to hold"
+    )
+    parser.add_argument("--database-url", help="server: run on this database instead of SQLite")
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args(argv)
@@ -17,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
         from parley.bench.protocol import run
 
         result = run(quick=args.quick)
+    else:
+        from parley.bench.server import run as run_server
+
+        result = run_server(
+            quick=args.quick, connections=args.connections, database_url=args.database_url
+        )
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

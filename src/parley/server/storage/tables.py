@@ -94,6 +94,9 @@ messages = Table(
     Column("expires_ms", BigInteger, nullable=False),
     Index("ix_messages_queue", "account_id", "device_id", "id"),
     Index("ix_messages_expiry", "expires_ms"),
+    # Ids must only grow, even after the newest row is deleted: delivery
+    # sessions use them to order and de-duplicate (SQLite reuses rowids otherwise).
+    sqlite_autoincrement=True,
 )
 
 # Idempotency for re-sends. The key is HMAC(server secret, sender, device,

@@ -1,0 +1,110 @@
+"""The delivery session against a real (SQLite) queue, without the web framework."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from parley.server.handlers.delivery import DeliverySession
+from parley.server.storage import db
+from parley.server.storage.queue import MessageQueue, QueuedMessage
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+
+    async def send_text(self, text: str) -> None:
+        self.frames.append(json.loads(text))
+
+    async def close(self, code: int) -> None:
+        self.frames.append({"type": "closed", "code": code})
+
+
+def _row(i: int) -> dict[str, Any]:
+    return {
+        "guid": f"g{i}",
+        "account_id": "a",
+        "device_id": 1,
+        "sender_account": "b",
+        "sender_device": 1,
+        "group_id": None,
+        "envelope": b"e",
+        "franking_tag": b"t" * 32,
+        "server_ms": 1,
+        "expires_ms": 10**15,
+    }
+
+
+async def _setup(
+    tmp_path: Path,
+) -> tuple[MessageQueue, DeliverySession, Recorder, list[DeliverySession]]:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    await db.migrate(engine)
+    sessions: list[DeliverySession] = []
+
+    def deliver(rows: list[QueuedMessage]) -> None:
+        for s in sessions:
+            s.offer(rows)
+
+    queue = MessageQueue(engine, deliver)
+    queue.start()
+    recorder = Recorder()
+    session = DeliverySession("a", 1, queue, recorder, window=100)
+    sessions.append(session)
+    return queue, session, recorder, sessions
+
+
+async def test_each_message_is_pushed_after_the_previous_was_acknowledged_and_deleted(
+    tmp_path: Path,
+) -> None:
+    """Regression: SQLite reused the rowid of a deleted newest row, so a new message
+    looked older than the last one pushed and was never pushed (found by the benchmark)."""
+    queue, session, recorder, _ = await _setup(tmp_path)
+    runner = asyncio.create_task(session.run())
+    await asyncio.sleep(0.05)
+    for i in range(6):
+        await queue.enqueue([_row(i)], None, 1)
+        await asyncio.sleep(0.02)
+        await session.on_frame(json.dumps({"type": "ack", "ids": [f"g{i}"]}))
+    await asyncio.sleep(0.05)
+    pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert pushed == [f"g{i}" for i in range(6)]
+    session.close_soon(1000)
+    await runner
+    await queue.close()
+
+
+async def test_window_bounds_unacknowledged_messages_and_acks_refill_it(tmp_path: Path) -> None:
+    queue, session, recorder, _ = await _setup(tmp_path)
+    await queue.enqueue([_row(i) for i in range(250)], None, 1)
+    runner = asyncio.create_task(session.run())
+    await asyncio.sleep(0.1)
+    first = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert len(first) == 100
+    await session.on_frame(json.dumps({"type": "ack", "ids": first}))
+    await asyncio.sleep(0.1)
+    pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert pushed == [f"g{i}" for i in range(200)]
+    # acks for ids never pushed to this device are ignored
+    await session.on_frame(json.dumps({"type": "ack", "ids": ["g249"]}))
+    assert len(await queue.pending("a", 1, 0, 1000, 0)) == 150
+    session.close_soon(1000)
+    await runner
+    await queue.close()
+
+
+async def test_rows_committed_during_a_backlog_read_are_not_skipped(tmp_path: Path) -> None:
+    queue, session, recorder, _ = await _setup(tmp_path)
+    await queue.enqueue([_row(i) for i in range(3)], None, 1)
+    runner = asyncio.create_task(session.run())
+    for i in range(3, 40):  # commits race with the first backlog reads
+        await queue.enqueue([_row(i)], None, 1)
+    await asyncio.sleep(0.2)
+    pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert pushed == [f"g{i}" for i in range(40)]
+    session.close_soon(1000)
+    await runner
+    await queue.close()
