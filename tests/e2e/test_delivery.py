@@ -205,3 +205,48 @@ async def test_each_delivered_message_carries_a_valid_server_franking_tag(
         opening = Opening.of(m.content, m.sender, conversation)
         franking.verify_report(key, opening, m.commitment, m.server_ms, m.franking_tag)
     assert sorted(m.content.text for m in got) == ["tagged", "tagged in a group"]
+
+
+async def test_sending_over_the_websocket_answers_like_http(
+    server: ServerProcess, users: list[Messenger]
+) -> None:
+    from parley.protocol.wire import Content
+
+    alice, bob, _ = users
+    await alice.send_text(bob.account_id, "http first")  # sets up the session
+    content = Content(alice.state.rng(32), 1, "over the socket")
+    envelope = b64e(alice.state.encrypt(bob.account_id, 1, content))
+    async with alice.api.websocket() as ws:
+        await alice.receive(ws)
+        frame = {
+            "type": "send",
+            "request_id": 7,
+            "to": bob.account_id,
+            "client_id": "ws-1",
+            "messages": [{"device_id": 1, "envelope": envelope}],
+        }
+        await ws.send(json.dumps(frame))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert (
+            answer["type"] == "response" and answer["request_id"] == 7 and answer["status"] == 200
+        )
+        assert answer["body"]["duplicate"] is False
+        await ws.send(json.dumps(frame))  # a retry is a duplicate, as over HTTP
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["body"]["duplicate"] is True
+        await ws.send(json.dumps({**frame, "request_id": "x", "messages": []}))
+        stale = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert stale["status"] == 409 and stale["body"]["error"]["code"] == "stale_devices"
+        await ws.send(
+            json.dumps(
+                {
+                    "type": "send_group",
+                    "request_id": 9,
+                    "group": "0" * 32,
+                    "client_id": "g",
+                    "envelope": b64e(b"x"),
+                }
+            )
+        )
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["status"] in (400, 404)
+    async with bob.api.websocket() as ws:
+        assert [m.content.text for m in await bob.receive(ws)] == ["http first", "over the socket"]

@@ -57,7 +57,7 @@ def run(
             cmd += ["--database-url", database_url]
         server = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb")
-        )  # noqa: SIM115
+        )
         try:
             for _ in range(300):
                 try:

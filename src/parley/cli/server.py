@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,  # an access log would be a record of who fetched whose keys
         ws="websockets-sansio",
         ws_max_size=64 * 1024,
+        ws_per_message_deflate=False,  # ciphertext does not compress; deflate only costs CPU
         timeout_graceful_shutdown=10,
         log_level="info",
         server_header=False,

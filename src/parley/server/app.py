@@ -203,7 +203,8 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
         )
         app.include_router(build_router(handlers))
         app.add_api_websocket_route(
-            "/v1/websocket", websocket_endpoint(accounts, queue, fanout, config.delivery_window)
+            "/v1/websocket",
+            websocket_endpoint(accounts, handlers.messages, queue, fanout, config.delivery_window),
         )
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)

@@ -1,23 +1,47 @@
 """The push websocket (``/v1/websocket``): Starlette glue around ``DeliverySession``.
 
-The session logic lives in ``handlers/delivery.py`` and talks to a two-method
-transport, so the socket can move to a faster stack without touching it.
+Besides acknowledgements, a connected client may send messages over the same
+socket (as Signal's clients do), which avoids an HTTP request per message:
+
+    {"type": "send", "request_id": R, "to": ACCOUNT, "client_id": C,
+     "messages": [{"device_id": D, "envelope": B64}, ...]}
+    {"type": "send_group", "request_id": R, "group": GID, "client_id": C, "envelope": B64}
+
+Each is answered, possibly out of order, by ``{"type": "response",
+"request_id": R, "status": S, "body": {...}}`` with the same body and status
+the HTTP routes give (``{"server_ms", "duplicate"}``, or ``{"error": ...}``).
+Up to ``MAX_REQUESTS_IN_FLIGHT`` requests per socket run concurrently, so
+their commits share group commits. The session logic lives in
+``handlers/delivery.py`` and talks to a two-method transport, so the socket
+can move to a faster stack without touching it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from parley.errors import ApiError
+from parley.errors import ApiError, BadRequest
 from parley.server.api.routes import client_ip
+from parley.server.api.schemas import b64
 from parley.server.fanout.local import LocalFanout
-from parley.server.handlers.accounts import AccountsHandler
-from parley.server.handlers.delivery import CLOSE_POLICY, DeliverySession, FrameError
+from parley.server.handlers.accounts import AccountsHandler, Principal
+from parley.server.handlers.delivery import (
+    CLOSE_INVALID_DATA,
+    CLOSE_POLICY,
+    DeliverySession,
+    FrameError,
+)
+from parley.server.handlers.messages import MessagesHandler
 from parley.server.storage.queue import MessageQueue
+
+MAX_REQUESTS_IN_FLIGHT = 64
+MAX_ENVELOPE_B64 = 400_000
 
 
 class StarletteTransport:
@@ -31,8 +55,44 @@ class StarletteTransport:
         await self._ws.close(code)
 
 
+def _text(frame: dict[str, Any], name: str, max_len: int) -> str:
+    value = frame.get(name)
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise BadRequest(f"{name} must be a string of 1..{max_len} characters", "invalid_request")
+    return value
+
+
+async def _send(messages: MessagesHandler, who: Principal, frame: dict[str, Any]) -> dict[str, Any]:
+    if frame["type"] == "send":
+        items = frame.get("messages")
+        if not isinstance(items, list) or len(items) > 16:
+            raise BadRequest("messages must be a list of at most 16", "invalid_request")
+        envelopes: dict[int, bytes] = {}
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("device_id"), int):
+                raise BadRequest(
+                    "each message needs a device_id and an envelope", "invalid_request"
+                )
+            envelopes[item["device_id"]] = b64(
+                _text(item, "envelope", MAX_ENVELOPE_B64), "envelope", max_length=300_000
+            )
+        result = await messages.send_direct(
+            who, _text(frame, "to", 64), _text(frame, "client_id", 64), envelopes
+        )
+    else:
+        envelope = b64(_text(frame, "envelope", MAX_ENVELOPE_B64), "envelope", max_length=300_000)
+        result = await messages.send_group(
+            who, _text(frame, "group", 64), _text(frame, "client_id", 64), envelope
+        )
+    return {"server_ms": result.server_ms, "duplicate": result.duplicate}
+
+
 def websocket_endpoint(
-    accounts: AccountsHandler, queue: MessageQueue, fanout: LocalFanout, window: int
+    accounts: AccountsHandler,
+    messages: MessagesHandler,
+    queue: MessageQueue,
+    fanout: LocalFanout,
+    window: int,
 ) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         try:
@@ -48,6 +108,26 @@ def websocket_endpoint(
         )
         fanout.register(session)
         pusher = asyncio.create_task(session.run())
+        slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        requests: set[asyncio.Task[None]] = set()
+
+        async def answer(frame: dict[str, Any]) -> None:
+            try:
+                body, status = await _send(messages, who, frame), 200
+            except ApiError as exc:
+                body = {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
+                status = exc.http_status
+            finally:
+                slots.release()
+            session.send_control(
+                {
+                    "type": "response",
+                    "request_id": frame["request_id"],
+                    "status": status,
+                    "body": body,
+                }
+            )
+
         try:
             while not session.closed.is_set():
                 message = await websocket.receive()
@@ -58,7 +138,26 @@ def websocket_endpoint(
                     session.close_soon(CLOSE_POLICY)  # binary frames are not part of the protocol
                     break
                 try:
-                    await session.on_frame(text)
+                    frame = json.loads(text)
+                except ValueError:
+                    session.close_soon(CLOSE_INVALID_DATA)
+                    break
+                if isinstance(frame, dict) and frame.get("type") in ("send", "send_group"):
+                    request_id = frame.get("request_id")
+                    if (
+                        not isinstance(request_id, int | str)
+                        or isinstance(request_id, bool)
+                        or len(str(request_id)) > 64
+                    ):
+                        session.close_soon(CLOSE_POLICY)
+                        break
+                    await slots.acquire()
+                    task = asyncio.create_task(answer(frame))
+                    requests.add(task)
+                    task.add_done_callback(requests.discard)
+                    continue
+                try:
+                    await session.on_message(frame)
                 except FrameError as exc:
                     session.close_soon(exc.code)
                     break
@@ -66,6 +165,9 @@ def websocket_endpoint(
             pass
         finally:
             fanout.unregister(session)
+            if requests:
+                # a message acknowledged to the sender is committed: let requests finish
+                await asyncio.gather(*requests, return_exceptions=True)
             session.close_soon(1000)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pusher, 5)

@@ -98,9 +98,10 @@ class AccountsHandler:
         self._pepper = pepper
         self._now = clock_ms
         self._auth_cache: dict[tuple[str, int], bytes] = {}
-        self._seen_day: dict[str, str] = {}
+        self._seen_day: dict[str, int] = {}
         self._logged_ip: dict[tuple[str, str], int] = {}
         self._devices: dict[str, list[int]] = {}
+        self._accounts_cache: dict[str, Account] = {}
         self.on_device_removed: Callable[[str, int], None] = lambda _a, _d: None
 
     # -- registration ------------------------------------------------------------------
@@ -151,6 +152,7 @@ class AccountsHandler:
             phone, identity_key, self._hash("credential", token), day_of(now), now
         )
         self._devices.pop(account_id, None)
+        self._accounts_cache.pop(account_id, None)
         await self._log_connection(account_id, ip)
         return Credentials(account_id, PRIMARY_DEVICE, token)
 
@@ -178,10 +180,10 @@ class AccountsHandler:
 
     async def _touch(self, account_id: str, ip: str) -> None:
         now = self._now()
-        day = day_of(now)
+        day = now // 86_400_000
         if self._seen_day.get(account_id) != day:
             self._seen_day[account_id] = day
-            await self._accounts.touch(account_id, day)
+            await self._accounts.touch(account_id, day_of(now))
         await self._log_connection(account_id, ip)
 
     async def _log_connection(self, account_id: str, ip: str) -> None:
@@ -197,9 +199,15 @@ class AccountsHandler:
     # -- accounts and devices -------------------------------------------------------------------
 
     async def account(self, account_id: str) -> Account:
-        account = await self._accounts.get(account_id)
+        """An account by id (cached: the send path must not read the database)."""
+        account = self._accounts_cache.get(account_id)
         if account is None:
-            raise NotFound("no such account")
+            account = await self._accounts.get(account_id)
+            if account is None:
+                raise NotFound("no such account")
+            if len(self._accounts_cache) > 100_000:
+                self._accounts_cache.clear()
+            self._accounts_cache[account_id] = account
         return account
 
     async def lookup(self, who: Principal, raw_phone: str) -> Account:
@@ -261,6 +269,7 @@ class AccountsHandler:
         for device_id in await self._accounts.device_ids(who.account_id):
             self._forget_device(who.account_id, device_id)
         await self._accounts.delete_account(who.account_id)
+        self._accounts_cache.pop(who.account_id, None)
 
     def _forget_device(self, account_id: str, device_id: int) -> None:
         """Revoke at once: drop cached credentials and close the device's socket."""

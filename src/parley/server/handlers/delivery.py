@@ -4,7 +4,8 @@ Theory of operation (after Signal's server). Frames are JSON text.
 Server -> client: ``{"type": "message", "id", "sender", "sender_device",
 "group", "server_ms", "envelope", "franking_tag"}``, ``{"type":
 "queue_empty"}`` once the stored backlog has been sent, ``{"type":
-"prekeys_low", ...}``. Client -> server: ``{"type": "ack", "ids": [...]}``.
+"prekeys_low", ...}``, and ``{"type": "response", ...}`` to sends made over
+the socket (``api/websocket.py``). Client -> server: ``{"type": "ack", "ids": [...]}``.
 A message stays in the database until its ack; at most ``window`` messages
 are unacknowledged at once.
 
@@ -125,6 +126,10 @@ class DeliverySession:
             frame = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FrameError(CLOSE_INVALID_DATA, "frame is not JSON") from exc
+        await self.on_message(frame)
+
+    async def on_message(self, frame: object) -> None:
+        """Handle one parsed client frame (only acks belong to the session itself)."""
         if not isinstance(frame, dict) or frame.get("type") != "ack":
             raise FrameError(CLOSE_POLICY, "unknown frame type")
         ids = frame.get("ids")
@@ -138,7 +143,7 @@ class DeliverySession:
         for i in mine:
             self._inflight.discard(i)
         if mine:
-            await self._queue.delete(mine)
+            self._queue.delete_soon(mine)  # the read loop must not wait for a commit
         self._wake.set()
 
     # -- the sender loop --------------------------------------------------------------------

@@ -12,7 +12,7 @@ row is deleted on acknowledgement.
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +75,7 @@ class MessagesHandler:
         now: int,
     ) -> dict[str, Any]:
         return {
-            "guid": str(uuid.uuid4()),
+            "guid": secrets.token_hex(16),
             "account_id": account_id,
             "device_id": device_id,
             "sender_account": who.account_id,

@@ -39,7 +39,11 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 def create_engine(url: str) -> AsyncEngine:
     full = async_url(url)
     if full.startswith("sqlite"):
-        engine = create_async_engine(full, connect_args={"timeout": 30})
+        # A fixed pool: every SQLite connection carries a worker thread and its
+        # pragmas, so connections are kept, never opened per request.
+        engine = create_async_engine(
+            full, connect_args={"timeout": 30}, pool_size=16, max_overflow=0, pool_timeout=60
+        )
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -51,7 +55,7 @@ def create_engine(url: str) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(full, pool_size=10, max_overflow=10)
+    return create_async_engine(full, pool_size=16, max_overflow=0, pool_timeout=60)
 
 
 def _upgrade(connection: Connection) -> None:

@@ -62,6 +62,11 @@ class _Delete:
     )
 
 
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so a failed delete is not reported as unhandled
+
+
 def _to_message(row: Any) -> QueuedMessage:
     return QueuedMessage(
         row.id,
@@ -110,10 +115,20 @@ class MessageQueue:
         return await op.future
 
     async def delete(self, guids: list[str]) -> None:
+        await self.delete_soon(guids)
+
+    def delete_soon(self, guids: list[str]) -> asyncio.Future[None]:
+        """Queue a delete of acknowledged messages without waiting for its commit.
+
+        Safe to leave unawaited: if the server dies first, the messages are
+        delivered again and the client drops them by id (at-least-once delivery,
+        exactly-once display).
+        """
         op = _Delete(guids)
         self._ops.append(op)
         self._wakeup.set()
-        await op.future
+        op.future.add_done_callback(_consume)
+        return op.future
 
     async def _writer(self) -> None:
         while True:
