@@ -55,9 +55,8 @@ def run(
         ]
         if database_url:
             cmd += ["--database-url", database_url]
-        server = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb")
-        )
+        log = (root / "server.log").open("wb")
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
         try:
             for _ in range(300):
                 try:
@@ -103,6 +102,7 @@ def run(
         finally:
             server.terminate()
             server.wait(timeout=30)
+            log.close()
     result["peak_rss_mb"] = round(peak[0] / 2**20, 1)
     result["database"] = "postgresql" if database_url else "sqlite"
     result["targets"] = {

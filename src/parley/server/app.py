@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -211,6 +212,11 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
         maintenance = asyncio.create_task(
             _maintain(config, queue, [codes.prune, provisioning.prune, blobs.prune], connections)
         )
+        checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
+        # Long-lived objects (routes, models, SQLAlchemy metadata) need no cycle
+        # collection: freezing them keeps gen-2 pauses out of delivery latency.
+        gc.collect()
+        gc.freeze()
         log.info(
             "parley-server %s ready on %s (%s)",
             __version__,
@@ -221,6 +227,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
             yield
         finally:
             maintenance.cancel()
+            checkpoints.cancel()
             await fanout.close_all()
             await queue.close()
             await engine.dispose()

@@ -87,6 +87,72 @@ async def _send(messages: MessagesHandler, who: Principal, frame: dict[str, Any]
     return {"server_ms": result.server_ms, "duplicate": result.duplicate}
 
 
+class _Connection:
+    """One authenticated socket: reads frames, runs sends, hands acks to the session."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        who: Principal,
+        messages: MessagesHandler,
+        session: DeliverySession,
+    ) -> None:
+        self.websocket = websocket
+        self.who = who
+        self.messages = messages
+        self.session = session
+        self.slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
+        self.requests: set[asyncio.Task[None]] = set()
+
+    async def answer(self, frame: dict[str, Any]) -> None:
+        try:
+            body, status = await _send(self.messages, self.who, frame), 200
+        except ApiError as exc:
+            body = {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
+            status = exc.http_status
+        finally:
+            self.slots.release()
+        self.session.send_control(
+            {"type": "response", "request_id": frame["request_id"], "status": status, "body": body}
+        )
+
+    async def handle(self, frame: object) -> None:
+        """One parsed frame; ``FrameError`` closes the socket."""
+        if isinstance(frame, dict) and frame.get("type") in ("send", "send_group"):
+            request_id = frame.get("request_id")
+            if (
+                not isinstance(request_id, int | str)
+                or isinstance(request_id, bool)
+                or len(str(request_id)) > 64
+            ):
+                raise FrameError(CLOSE_POLICY, "request_id must be an integer or a short string")
+            await self.slots.acquire()
+            task = asyncio.create_task(self.answer(frame))
+            self.requests.add(task)
+            task.add_done_callback(self.requests.discard)
+        else:
+            await self.session.on_message(frame)
+
+    async def read(self) -> None:
+        while not self.session.closed.is_set():
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                raise FrameError(CLOSE_POLICY, "binary frames are not part of the protocol")
+            try:
+                frame = json.loads(text)
+            except ValueError as exc:
+                raise FrameError(CLOSE_INVALID_DATA, "frame is not JSON") from exc
+            await self.handle(frame)
+
+    async def drain(self) -> None:
+        """A message acknowledged to its sender is committed: let requests finish."""
+        if self.requests:
+            await asyncio.gather(*self.requests, return_exceptions=True)
+
+
 def websocket_endpoint(
     accounts: AccountsHandler,
     messages: MessagesHandler,
@@ -108,66 +174,16 @@ def websocket_endpoint(
         )
         fanout.register(session)
         pusher = asyncio.create_task(session.run())
-        slots = asyncio.Semaphore(MAX_REQUESTS_IN_FLIGHT)
-        requests: set[asyncio.Task[None]] = set()
-
-        async def answer(frame: dict[str, Any]) -> None:
-            try:
-                body, status = await _send(messages, who, frame), 200
-            except ApiError as exc:
-                body = {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
-                status = exc.http_status
-            finally:
-                slots.release()
-            session.send_control(
-                {
-                    "type": "response",
-                    "request_id": frame["request_id"],
-                    "status": status,
-                    "body": body,
-                }
-            )
-
+        connection = _Connection(websocket, who, messages, session)
         try:
-            while not session.closed.is_set():
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
-                text = message.get("text")
-                if text is None:
-                    session.close_soon(CLOSE_POLICY)  # binary frames are not part of the protocol
-                    break
-                try:
-                    frame = json.loads(text)
-                except ValueError:
-                    session.close_soon(CLOSE_INVALID_DATA)
-                    break
-                if isinstance(frame, dict) and frame.get("type") in ("send", "send_group"):
-                    request_id = frame.get("request_id")
-                    if (
-                        not isinstance(request_id, int | str)
-                        or isinstance(request_id, bool)
-                        or len(str(request_id)) > 64
-                    ):
-                        session.close_soon(CLOSE_POLICY)
-                        break
-                    await slots.acquire()
-                    task = asyncio.create_task(answer(frame))
-                    requests.add(task)
-                    task.add_done_callback(requests.discard)
-                    continue
-                try:
-                    await session.on_message(frame)
-                except FrameError as exc:
-                    session.close_soon(exc.code)
-                    break
+            await connection.read()
+        except FrameError as exc:
+            session.close_soon(exc.code)
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             fanout.unregister(session)
-            if requests:
-                # a message acknowledged to the sender is committed: let requests finish
-                await asyncio.gather(*requests, return_exceptions=True)
+            await connection.drain()
             session.close_soon(1000)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pusher, 5)

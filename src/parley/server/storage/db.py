@@ -8,6 +8,8 @@ and upgraded only by the Alembic migrations in ``migrations/``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,9 @@ def create_engine(url: str) -> AsyncEngine:
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # No checkpoint inside a commit (it would stall the queue writer with
+            # fsyncs); ``checkpoint_loop`` checkpoints from its own connection.
+            cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
 
         return engine
@@ -69,3 +74,20 @@ async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest migration (idempotent)."""
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade)
+
+
+CHECKPOINT_INTERVAL_S = 1.0
+
+
+async def checkpoint_loop(engine: AsyncEngine) -> None:
+    """SQLite only: fold the WAL into the database once a second (PASSIVE: never
+    blocks writers), so that commits never pay for a checkpoint."""
+    if not is_sqlite(engine):
+        return
+    while True:
+        await asyncio.sleep(CHECKPOINT_INTERVAL_S)
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as exc:
+            logging.getLogger(__name__).warning("checkpoint failed: %s", type(exc).__name__)
