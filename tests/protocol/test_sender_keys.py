@@ -182,3 +182,17 @@ def test_distribution_from_a_non_member_or_other_group_is_refused() -> None:
 
     with pytest.raises(MalformedMessage):
         group.members["a"].process_distribution("b", other.outbound.distribution())
+
+
+def test_group_state_survives_serialization() -> None:
+    from parley.protocol.sender_keys import group_from_bytes, group_to_bytes
+
+    group = Group(["a", "b", "c"])
+    early = [group.send("a", f"m{i}") for i in range(3)]
+    group.members["b"].decrypt("a", early[2])  # leaves skipped keys for m0, m1
+    for name in list(group.members):
+        group.members[name] = group_from_bytes(group_to_bytes(group.members[name]))
+    assert group.members["b"].decrypt("a", early[0]).text == "m0"
+    msg = group.send("b", "after reload")
+    assert group.members["c"].decrypt("b", msg).text == "after reload"
+    assert group_to_bytes(group_from_bytes(group_to_bytes(group.members["a"]))) == group_to_bytes(group.members["a"])

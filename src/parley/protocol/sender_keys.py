@@ -39,6 +39,7 @@ from parley.errors import (
     UnknownSenderKey,
 )
 from parley.protocol import franking
+from parley.protocol.codec import Reader, Writer
 from parley.protocol.ratchet import MAX_SKIP, kdf_ck, message_cipher_key
 from parley.protocol.wire import (
     DISTRIBUTION_ID_LEN,
@@ -215,3 +216,60 @@ class GroupSession:
             return content
 
         return key.decrypt_with(msg, check)
+
+
+_STATE_VERSION = 1
+_MAX_NAME = 256
+
+
+def group_to_bytes(group: GroupSession) -> bytes:
+    """Serialize a member's group state (secret material: encrypt at rest)."""
+    w = Writer().u8(_STATE_VERSION).var(group.group_id, 64).text(group.me, _MAX_NAME)
+    o = group.outbound
+    w.fixed(o.distribution_id, DISTRIBUTION_ID_LEN).fixed(o.chain_key, 32)
+    w.fixed(o.signing.private_bytes(), 32).u32(o.iteration)
+    w.u32(len(group.members))
+    for member in sorted(group.members):
+        w.text(member, _MAX_NAME)
+    w.u32(len(group.inbound))
+    for sender, keys in group.inbound.items():
+        w.text(sender, _MAX_NAME).u8(len(keys))
+        for key in keys.values():
+            w.fixed(key.distribution_id, DISTRIBUTION_ID_LEN).fixed(key.verify_key.public, 32)
+            w.fixed(key.chain_key, 32).u32(key.iteration).u32(len(key.skipped))
+            for iteration, mk in key.skipped.items():
+                w.u32(iteration).fixed(mk, 32)
+    return w.to_bytes()
+
+
+def group_from_bytes(data: bytes) -> GroupSession:
+    r = Reader(data)
+    if r.u8() != _STATE_VERSION:
+        raise MalformedMessage("unknown group state version")
+    group_id, me = r.var(64), r.text(_MAX_NAME)
+    group = GroupSession.__new__(GroupSession)
+    group.group_id, group.me = group_id, me
+    group.conversation = franking.group_conversation(group_id.hex())
+    dist, ck = r.fixed(DISTRIBUTION_ID_LEN), r.fixed(32)
+    signing, iteration = SigningKey.from_private_bytes(r.fixed(32)), r.u32()
+    group.outbound = OutboundSenderKey(group_id, dist, ck, signing, iteration)
+    group.members = {r.text(_MAX_NAME) for _ in range(_bounded(r.u32(), 100_000))}
+    group.inbound = {}
+    for _ in range(_bounded(r.u32(), 100_000)):
+        sender = r.text(_MAX_NAME)
+        keys: OrderedDict[bytes, InboundSenderKey] = OrderedDict()
+        for _ in range(_bounded(r.u8(), MAX_KEYS_PER_SENDER)):
+            key = InboundSenderKey(group_id, r.fixed(DISTRIBUTION_ID_LEN), VerifyKey(r.fixed(32)), r.fixed(32), r.u32())
+            for _ in range(_bounded(r.u32(), MAX_STORED_SKIPPED)):
+                i = r.u32()
+                key.skipped[i] = r.fixed(32)
+            keys[key.distribution_id] = key
+        group.inbound[sender] = keys
+    r.end()
+    return group
+
+
+def _bounded(count: int, bound: int) -> int:
+    if count > bound:
+        raise MalformedMessage("stored group state exceeds its bounds")
+    return count

@@ -103,6 +103,14 @@ class ProvisionOut(BaseModel):
     expires_ms: int
 
 
+class LookupIn(Body):
+    lookup: str = Field(max_length=64)
+
+
+class BlobOut(BaseModel):
+    blob: str
+
+
 class LinkIn(Body):
     lookup: str = Field(max_length=64)
     keys: KeysIn

@@ -235,6 +235,14 @@ class AccountsHandler:
         )
         return expires
 
+    async def provisioning_blob(self, lookup: bytes, ip: str) -> bytes:
+        """The encrypted provisioning message for a lookup key (not consumed)."""
+        self._limiter.check("link-ip", ip, 20, 1 / 60)
+        blob = await self._provisioning.peek(hmac_sha256(self._pepper, lookup), self._now())
+        if blob is None:
+            raise BadRequest("unknown or expired provisioning code", "invalid_code")
+        return blob
+
     async def link(self, lookup: bytes, ip: str) -> tuple[Credentials, bytes]:
         self._limiter.check("link-ip", ip, 20, 1 / 60)
         taken = await self._provisioning.take(hmac_sha256(self._pepper, lookup), self._now())
