@@ -13,12 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from parley.crypto.primitives import DHKeyPair, KemKeyPair
 from parley.crypto.random import Random
 from parley.errors import MalformedMessage
 from parley.protocol import session as sessions
 from parley.protocol.franking import direct_conversation
 from parley.protocol.keys import IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey
-from parley.protocol.sender_keys import GroupSession
+from parley.protocol.sender_keys import GroupSession, group_from_bytes, group_to_bytes
 from parley.protocol.wire import (
     Content,
     IdentityPublic,
@@ -192,19 +193,68 @@ class DeviceState:
 
     @staticmethod
     def sender_key_control(skd: SenderKeyDistribution) -> bytes:
-        return json.dumps(
-            {"type": CONTROL_SENDER_KEY, "data": base64.b64encode(skd.to_bytes()).decode()}
-        ).encode()
+        return json.dumps({CONTROL_SENDER_KEY: base64.b64encode(skd.to_bytes()).decode()}).encode()
 
     def _handle_control(self, sender: str, content: Content) -> None:
+        """Apply a sender-key distribution carried in a 1:1 message's control field."""
         if not content.control:
             return
         try:
             control = json.loads(content.control)
         except ValueError:
             return
-        if isinstance(control, dict) and control.get("type") == CONTROL_SENDER_KEY:
-            skd = SenderKeyDistribution.from_bytes(base64.b64decode(str(control["data"])))
+        if isinstance(control, dict) and isinstance(control.get(CONTROL_SENDER_KEY), str):
+            skd = SenderKeyDistribution.from_bytes(base64.b64decode(control[CONTROL_SENDER_KEY]))
             group = self.group(skd.group_id.hex())
             group.members.add(sender)
             group.process_distribution(sender, skd)
+
+    # -- persistence (the profile store encrypts the whole state) ------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        def e(b: bytes) -> str:
+            return base64.b64encode(b).decode()
+
+        def kem(k: KemPreKey) -> list[Any]:
+            return [k.id, e(k.key.seed), e(k.signature), k.last_resort]
+
+        spk = self.signed_prekey
+        return {
+            "identity": e(self.identity.private_bytes()),
+            "account_id": self.account_id,
+            "device_id": self.device_id,
+            "next_key_id": self._next_key_id,
+            "signed_prekey": [spk.id, e(spk.key.private_bytes()), e(spk.signature)],
+            "kem_last_resort": kem(self.kem_last_resort),
+            "one_time": [[k.id, e(k.key.private_bytes())] for k in self.one_time.values()],
+            "kem_one_time": [kem(k) for k in self.kem_one_time.values()],
+            "sessions": {f"{a} {d}": e(x.to_bytes()) for (a, d), x in self.sessions.items()},
+            "groups": {gid: e(group_to_bytes(g)) for gid, g in self.groups.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], rng: Random) -> DeviceState:
+        def kem(v: list[Any]) -> KemPreKey:
+            return KemPreKey(int(v[0]), KemKeyPair(_b(v[1])), _b(v[2]), bool(v[3]))
+
+        state = cls.__new__(cls)
+        state.identity = IdentityKeyPair.from_private_bytes(_b(data["identity"]))
+        state.rng = rng
+        state.account_id, state.device_id = str(data["account_id"]), int(data["device_id"])
+        state._next_key_id = int(data["next_key_id"])
+        spk = data["signed_prekey"]
+        state.signed_prekey = SignedPreKey(
+            int(spk[0]), DHKeyPair.from_private_bytes(_b(spk[1])), _b(spk[2])
+        )
+        state.kem_last_resort = kem(data["kem_last_resort"])
+        state.one_time = {
+            int(i): OneTimePreKey(int(i), DHKeyPair.from_private_bytes(_b(k)))
+            for i, k in data["one_time"]
+        }
+        state.kem_one_time = {k.id: k for k in map(kem, data["kem_one_time"])}
+        state.sessions = {}
+        for key, blob in data["sessions"].items():
+            account, device = key.rsplit(" ", 1)
+            state.sessions[(account, int(device))] = sessions.Session.from_bytes(_b(blob))
+        state.groups = {gid: group_from_bytes(_b(blob)) for gid, blob in data["groups"].items()}
+        return state

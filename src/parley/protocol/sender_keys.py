@@ -259,7 +259,9 @@ def group_from_bytes(data: bytes) -> GroupSession:
         sender = r.text(_MAX_NAME)
         keys: OrderedDict[bytes, InboundSenderKey] = OrderedDict()
         for _ in range(_bounded(r.u8(), MAX_KEYS_PER_SENDER)):
-            key = InboundSenderKey(group_id, r.fixed(DISTRIBUTION_ID_LEN), VerifyKey(r.fixed(32)), r.fixed(32), r.u32())
+            key = InboundSenderKey(
+                group_id, r.fixed(DISTRIBUTION_ID_LEN), VerifyKey(r.fixed(32)), r.fixed(32), r.u32()
+            )
             for _ in range(_bounded(r.u32(), MAX_STORED_SKIPPED)):
                 i = r.u32()
                 key.skipped[i] = r.fixed(32)

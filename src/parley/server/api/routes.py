@@ -196,7 +196,9 @@ def build_router(h: Handlers) -> APIRouter:  # noqa: PLR0915 - one route table, 
     @router.post("/devices/provisioning/open", tags=["devices"])
     async def open_provisioning(body: s.LookupIn, request: Request) -> s.BlobOut:
         """The new device reads the encrypted provisioning message before it links."""
-        blob = await h.accounts.provisioning_blob(b64(body.lookup, "lookup", 32), client_ip(request))
+        blob = await h.accounts.provisioning_blob(
+            b64(body.lookup, "lookup", 32), client_ip(request)
+        )
         return s.BlobOut(blob=enc(blob))
 
     @router.post("/devices/link", tags=["devices"])

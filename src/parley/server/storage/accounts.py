@@ -273,7 +273,11 @@ class ProvisioningStore:
     async def peek(self, lookup_hash: bytes, now_ms: int) -> bytes | None:
         """The blob, without consuming it (the new device reads it before linking)."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(provisioning).where(provisioning.c.lookup_hash == lookup_hash))).first()
+            row = (
+                await conn.execute(
+                    select(provisioning).where(provisioning.c.lookup_hash == lookup_hash)
+                )
+            ).first()
         return None if row is None or row.expires_ms < now_ms else bytes(row.blob)
 
     async def take(self, lookup_hash: bytes, now_ms: int) -> tuple[str, bytes] | None:
