@@ -195,4 +195,6 @@ def test_group_state_survives_serialization() -> None:
     assert group.members["b"].decrypt("a", early[0]).text == "m0"
     msg = group.send("b", "after reload")
     assert group.members["c"].decrypt("b", msg).text == "after reload"
-    assert group_to_bytes(group_from_bytes(group_to_bytes(group.members["a"]))) == group_to_bytes(group.members["a"])
+    assert group_to_bytes(group_from_bytes(group_to_bytes(group.members["a"]))) == group_to_bytes(
+        group.members["a"]
+    )

@@ -181,9 +181,12 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
                         mimetypes.guess_type(path.name)[0] or "application/octet-stream",
                     )
                 )
-            progress, done = _progress()
-            with progress:
-                message_id = await app.send(args.phone, args.text, files, done)
+            if files:
+                progress, done = _progress()
+                with progress:
+                    message_id = await app.send(args.phone, args.text, files, done)
+            else:
+                message_id = await app.send(args.phone, args.text, [], lambda _n, _s: None)
             _print_json({"id": message_id}) if args.json else out.print(message_id)
         case "receive":
             save_dir: Path | None = args.save_attachments
