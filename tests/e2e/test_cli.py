@@ -205,7 +205,8 @@ def test_attachments_export_and_delete_account(
     cli: tuple[ServerProcess, Run], tmp_path: Path
 ) -> None:
     server, run = cli
-    alice, bob = _register(server, run, "alice"), _register(server, run, "bob")
+    _register(server, run, "alice")
+    bob = _register(server, run, "bob")
     photo = tmp_path / "photo.bin"
     photo.write_bytes(os.urandom(3000))
     run("alice", "send", bob, "see attached", "--attach", str(photo))
@@ -224,3 +225,31 @@ def test_attachments_export_and_delete_account(
     assert not (tmp_path / "bob" / "profile.enc").exists()
     gone = run("alice", "send", bob, "anyone?", check=False)
     assert gone.returncode == 1 and "not on Parley" in gone.stderr
+
+
+def test_a_send_survives_a_server_restart_without_duplicates(
+    cli: tuple[ServerProcess, Run], tmp_path: Path
+) -> None:
+    import threading
+    import time
+
+    server, run = cli
+    alice, bob = _register(server, run, "alice"), _register(server, run, "bob")
+    run("alice", "send", bob, "first")  # contact known, session set up
+    server.stop()
+
+    def restart() -> None:
+        time.sleep(1.0)
+        server.start()
+
+    t = threading.Thread(target=restart)
+    t.start()
+    result = run(
+        "alice", "send", bob, "sent while the server restarted", "--json"
+    )  # retried with the same id
+    t.join()
+    sent_id = json.loads(result.stdout)["id"]
+    got = _received(run, "bob")
+    assert [(m["text"], m["id"]) for m in got][-1] == ("sent while the server restarted", sent_id)
+    assert [m["text"] for m in got] == ["first", "sent while the server restarted"]
+    _ = alice

@@ -7,6 +7,7 @@ JSON, as in ``/openapi.json``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -66,9 +67,12 @@ def keys_json(
 
 
 class ApiClient:
-    def __init__(self, base_url: str, credential: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, credential: str | None = None, timeout: float = 30.0, retries: int = 0
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credential = credential
+        self.retries = retries
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     async def close(self) -> None:
@@ -86,6 +90,17 @@ class ApiClient:
     async def call(
         self, method: str, path: str, body: Any = None, content: bytes | None = None
     ) -> Any:
+        """One API call. GET, PUT and DELETE are idempotent here (sends carry a client
+        message id), so they are retried with backoff when the server cannot be reached."""
+        attempts = 1 + (self.retries if method in ("GET", "PUT", "DELETE") else 0)
+        for attempt in range(attempts - 1):
+            try:
+                return await self._call_once(method, path, body, content)
+            except Unreachable:
+                await asyncio.sleep(min(0.5 * 2**attempt, 2.0))
+        return await self._call_once(method, path, body, content)
+
+    async def _call_once(self, method: str, path: str, body: Any, content: bytes | None) -> Any:
         try:
             if content is not None:
                 headers = {**self._headers(), "content-type": "application/octet-stream"}

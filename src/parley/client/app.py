@@ -36,6 +36,8 @@ from parley.protocol.wire import AttachmentPointer, Content, IdentityPublic
 MAX_HISTORY = 10_000
 MAX_SEEN = 5_000
 LINK_CODE_BYTES = 20
+# Idempotent calls are retried for about 7 s when the server cannot be reached.
+RETRIES = 5
 
 
 class ClientError(ParleyError):
@@ -74,7 +76,9 @@ class App:
         if "device" not in state:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
         device = DeviceState.from_dict(state["device"], secrets.token_bytes)
-        return Session(state, device, ApiClient(state["server"], state.get("credential")))
+        return Session(
+            state, device, ApiClient(state["server"], state.get("credential"), retries=RETRIES)
+        )
 
     def _save(self, s: Session) -> None:
         s.state["device"] = s.device.to_dict()
@@ -110,7 +114,7 @@ class App:
                 )
             device = DeviceState(IdentityKeyPair.generate(secrets.token_bytes), secrets.token_bytes)
             ot, kem = device.new_one_time_keys(50)
-            api = ApiClient(state["server"])
+            api = ApiClient(state["server"], retries=RETRIES)
             try:
                 result = await api.verify(
                     phone,
@@ -599,7 +603,7 @@ class App:
 
     async def link(self, code: str, server: str) -> dict[str, Any]:
         lookup, key = _link_keys(code.strip().upper())
-        api = ApiClient(server)
+        api = ApiClient(server, retries=RETRIES)
         try:
             blob = base64.b64decode(
                 (await api.call("POST", "/v1/devices/provisioning/open", {"lookup": b64e(lookup)}))[
