@@ -134,13 +134,13 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _progress() -> tuple[Progress, Callable[[str, int], None]]:
+def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], None]]:
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err, transient=True
     )
 
     def done(name: str, size: int) -> None:
-        progress.add_task(f"uploaded {name}", total=size, completed=size)
+        progress.add_task(f"{verb} {name}", total=size, completed=size)
 
     return progress, done
 
@@ -209,10 +209,14 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
 
             pending: list[dict[str, Any]] = []
             await app.receive(args.follow, args.timeout, show)
-            if save_dir is not None:
+            if save_dir is not None and pending:
                 save_dir.mkdir(parents=True, exist_ok=True)
-                for a in pending:
-                    (save_dir / Path(a["name"]).name).write_bytes(await app.fetch_attachment(a))
+                progress, done = _progress("downloaded")
+                with progress:
+                    for a in pending:
+                        data = await app.fetch_attachment(a)
+                        (save_dir / Path(a["name"]).name).write_bytes(data)
+                        done(a["name"], len(data))
         case "group":
             await _group(app, args)
         case "safety-number":
