@@ -53,38 +53,41 @@ def _int(b: bytes) -> int:
     return int.from_bytes(b, "big")
 
 
-def salamander(k1: bytes, k2: bytes, nonce: bytes, blocks: int = 2) -> bytes:
-    """A GCM ciphertext+tag (no AD) valid under both k1 and k2.
+def _pow(h: int, n: int) -> int:
+    r = 1 << 127
+    for _ in range(n):
+        r = _gmul(r, h)
+    return r
 
-    The first ``blocks - 1`` ciphertext blocks are arbitrary; the last is
-    solved so both GHASH-based tags coincide.
+
+def salamander(k1: bytes, k2: bytes, nonce: bytes, ad: bytes = b"", blocks: int = 2) -> bytes:
+    """A GCM ciphertext+tag valid under both k1 and k2 (with associated data ``ad``).
+
+    GHASH runs over the padded AD blocks, the ciphertext blocks and the length
+    block: tag_k = E_k(J0) ^ sum_j X_j * H^(n+2-j) ^ L * H. The first
+    ``blocks - 1`` ciphertext blocks are arbitrary; the last one (coefficient
+    H^2) is solved so that both tags coincide.
     """
     h1, h2 = _int(_aes_block(k1, b"\x00" * 16)), _int(_aes_block(k2, b"\x00" * 16))
     j0 = nonce + b"\x00\x00\x00\x01"
     e1, e2 = _int(_aes_block(k1, j0)), _int(_aes_block(k2, j0))
+    padded = ad + b"\x00" * (-len(ad) % 16)
+    ad_blocks = [_int(padded[i : i + 16]) for i in range(0, len(padded), 16)]
     cts = [_int(bytes([i + 1]) * 16) for i in range(blocks - 1)]
-    length_block = blocks * 128  # len(A)=0 || len(C) in bits
+    n = len(ad_blocks) + blocks
+    length_block = (len(ad) * 8) << 64 | blocks * 128
 
-    # tag_k = E_k(J0) ^ sum_i C_i * H^(m+2-i) ^ L * H, with m = blocks and i from 1.
     def partial(h: int) -> int:
         acc = 0
-        for i, c in enumerate(cts, start=1):
-            acc ^= _gmul(c, _pow(h, blocks + 2 - i))
+        for j, x in enumerate([*ad_blocks, *cts], start=1):
+            acc ^= _gmul(x, _pow(h, n + 2 - j))
         return acc ^ _gmul(length_block, h)
 
-    def _pow(h: int, n: int) -> int:
-        r = 1 << 127
-        for _ in range(n):
-            r = _gmul(r, h)
-        return r
-
-    # The last block C_m enters with H^2. Solve: C_m*(H1^2 ^ H2^2) = rest1 ^ rest2
     s1, s2 = e1 ^ partial(h1), e2 ^ partial(h2)
     c_last = _gmul(s1 ^ s2, _ginv(_pow(h1, 2) ^ _pow(h2, 2)))
     tag = s1 ^ _gmul(c_last, _pow(h1, 2))
     cts.append(c_last)
-    ciphertext = b"".join(c.to_bytes(16, "big") for c in cts)
-    return ciphertext + tag.to_bytes(16, "big")
+    return b"".join(c.to_bytes(16, "big") for c in cts) + tag.to_bytes(16, "big")
 
 
 def test_plain_aes_gcm_is_not_key_committing() -> None:
@@ -94,6 +97,10 @@ def test_plain_aes_gcm_is_not_key_committing() -> None:
     p1 = AESGCM(k1).decrypt(nonce, blob, None)
     p2 = AESGCM(k2).decrypt(nonce, blob, None)
     assert p1 != p2  # one ciphertext, two valid plaintexts: the attack works on GCM
+    with_ad = salamander(k1, k2, nonce, b"parley/attachment/v1")
+    assert AESGCM(k1).decrypt(nonce, with_ad, b"parley/attachment/v1") != AESGCM(k2).decrypt(
+        nonce, with_ad, b"parley/attachment/v1"
+    )
 
 
 def test_parleys_format_refuses_the_second_key() -> None:

@@ -108,6 +108,23 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
     lk.add_argument("code")
     lk.add_argument("--server", required=True)
 
+    rp = sub.add_parser("report", help="report a received message to the platform's moderators")
+    rp.add_argument("message_id")
+    rp.add_argument(
+        "--reason",
+        required=True,
+        choices=["csam", "terrorism", "violence", "fraud", "spam", "other"],
+    )
+    rp.add_argument(
+        "--context", type=int, default=0, help="also reveal the N (0..5) messages before it"
+    )
+    rp.add_argument("--comment", default="")
+    rp.add_argument("--json", action="store_true")
+    nt = sub.add_parser(
+        "notices", help="notices from the platform (report outcomes, actions on your account)"
+    )
+    nt.add_argument("--json", action="store_true")
+
     h = sub.add_parser("history", help="local history of a chat")
     h.add_argument("chat", metavar="PHONE|GROUP")
     h.add_argument("--json", action="store_true")
@@ -246,6 +263,12 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
         case "link":
             me = await app.link(args.code, args.server)
             out.print(f"Linked to {me['phone']} as device {me['device_id']}.")
+        case "report":
+            report_id = await app.report(args.message_id, args.reason, args.context, args.comment)
+            _print_json({"id": report_id}) if args.json else out.print(f"Reported ({report_id}).")
+        case "notices":
+            for notice in await app.notices():
+                _print_json(notice) if args.json else out.print(_notice_text(notice))
         case "history":
             entries = app.history(args.chat)
             if args.json:
@@ -279,6 +302,14 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
             await app.delete_account()
             out.print("Account deleted and profile wiped.")
     return 0
+
+
+def _notice_text(notice: dict[str, Any]) -> str:
+    if notice.get("kind") == "report_outcome":
+        return f"notice: your report {notice.get('report')} ({notice.get('category')}): {notice.get('outcome')}"
+    if notice.get("kind") == "moderation":
+        return f"notice: moderators applied '{notice.get('action')}' to your account ({notice.get('category', '')})"
+    return f"notice: {json.dumps(notice)}"
 
 
 async def _group(app: App, args: argparse.Namespace) -> None:

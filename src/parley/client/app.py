@@ -30,12 +30,14 @@ from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.errors import DecryptionError, ParleyError, RemoteProtocolError, ServerError
 from parley.protocol import attachments as attachment_crypto
 from parley.protocol.fingerprint import display, parse, safety_number
+from parley.protocol.franking import direct_conversation, group_conversation
 from parley.protocol.keys import IdentityKeyPair
 from parley.protocol.wire import AttachmentPointer, Content, IdentityPublic
 
 MAX_HISTORY = 10_000
 MAX_SEEN = 5_000
 LINK_CODE_BYTES = 20
+MAX_REPORT_CONTEXT = 5
 # Idempotent calls are retried for about 7 s when the server cannot be reached.
 RETRIES = 5
 
@@ -522,6 +524,13 @@ class App:
                 "server_ms": received.server_ms,
                 "key": b64e(received.content.franking_key),
                 "sender_account": received.sender,
+                "conversation": (
+                    group_conversation(received.group)
+                    if received.group
+                    else direct_conversation(received.sender, s.device.account_id)
+                ),
+                "control": b64e(received.content.control),
+                "digests": [b64e(a.digest) for a in received.content.attachments],
             },
         }
         self._record(s, **entry)
@@ -570,6 +579,68 @@ class App:
             )
 
         return bytes(await self.run(act))
+
+    # -- reports -------------------------------------------------------------------------------------
+
+    async def report(self, message_id: str, reason: str, context: int, comment: str) -> str:
+        """Reveal one received message (and up to five before it in the same chat) to
+        the platform's moderators, with the franking proof that each was really sent."""
+        if not 0 <= context <= MAX_REPORT_CONTEXT:
+            raise ClientError(f"--context is 0..{MAX_REPORT_CONTEXT}")
+
+        async def act(s: Session) -> str:
+            history = s.state.get("history", [])
+            index = next((i for i, h in enumerate(history) if h.get("id") == message_id), None)
+            if index is None:
+                raise ClientError(f"no message {message_id} in this profile")
+            target = history[index]
+            if target.get("outgoing") or "franking" not in target:
+                raise ClientError("only messages you received can be reported")
+            earlier = [
+                h
+                for h in history[:index]
+                if h.get("chat") == target["chat"] and "franking" in h and not h.get("outgoing")
+            ]
+            chosen = [target, *reversed(earlier[-context:] if context else [])]
+
+            def reveal(h: dict[str, Any]) -> dict[str, Any]:
+                f = h["franking"]
+                return {
+                    "franking_key": f["key"],
+                    "sender": f["sender_account"],
+                    "conversation": f["conversation"],
+                    "sent_at_ms": h["sent_at"],
+                    "text": h["text"],
+                    "attachment_digests": f["digests"],
+                    "control": f["control"],
+                    "commitment": f["commitment"],
+                    "server_ms": f["server_ms"],
+                    "tag": f["tag"],
+                }
+
+            attachments = [
+                {"id": a["id"], "key": a["key"], "digest": a["digest"]}
+                for a in target.get("attachments", [])
+            ]
+            result = await s.api.call(
+                "POST",
+                "/v1/reports",
+                {
+                    "category": reason,
+                    "comment": comment,
+                    "messages": [reveal(h) for h in chosen],
+                    "attachments": attachments,
+                },
+            )
+            return str(result["id"])
+
+        return str(await self.run(act))
+
+    async def notices(self) -> list[dict[str, Any]]:
+        async def act(s: Session) -> list[dict[str, Any]]:
+            return list((await s.api.call("GET", "/v1/notices"))["notices"])
+
+        return list(await self.run(act))
 
     # -- devices ----------------------------------------------------------------------------------------
 

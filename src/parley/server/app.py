@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import __version__
 from parley.errors import ApiError, RateLimited
+from parley.server.api.admin import build_admin_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.websocket import websocket_endpoint
 from parley.server.config import ServerConfig
@@ -34,13 +35,23 @@ from parley.server.handlers.attachments import AttachmentsHandler
 from parley.server.handlers.groups import GroupsHandler
 from parley.server.handlers.keys import KeysHandler
 from parley.server.handlers.messages import MessagesHandler
+from parley.server.handlers.moderation import ModerationHandler
 from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.reports import ReportsHandler
+from parley.server.handlers.standing import Standing
 from parley.server.sms import SmsSender, from_spec
 from parley.server.storage import db
 from parley.server.storage.accounts import AccountStore, CodeStore, ConnectionLog, ProvisioningStore
 from parley.server.storage.blobs import BlobStore
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.keys import KeyStore
+from parley.server.storage.moderation import (
+    AuditLog,
+    NoticeStore,
+    ReportStore,
+    StaffStore,
+    StatusStore,
+)
 from parley.server.storage.queue import MessageQueue
 from parley.server.storage.secrets import load_or_create
 
@@ -144,7 +155,7 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
+def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  # noqa: PLR0915 - the composition root
     engine = db.create_engine(config.database_url)
     fanout = LocalFanout()
     state: dict[str, Any] = {}
@@ -203,6 +214,17 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
             ),
         )
         app.include_router(build_router(handlers))
+        moderation, reports_handler, notices = _moderation(
+            engine, groups_store, blobs, limiter, franking_key, pepper
+        )
+        standing = Standing(StatusStore(engine), now_ms)
+        standing.on_banned = fanout.disconnect_account
+        accounts.check_login = standing.check_login
+        handlers.messages.check_send = standing.check_send
+        handlers.groups.check_grow = standing.check_grow_groups
+        moderation.on_status_changed = standing.refresh
+        await standing.refresh()
+        app.include_router(build_admin_router(accounts, reports_handler, moderation, notices))
         app.add_api_websocket_route(
             "/v1/websocket",
             websocket_endpoint(accounts, handlers.messages, queue, fanout, config.delivery_window),
@@ -213,6 +235,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
             _maintain(config, queue, [codes.prune, provisioning.prune, blobs.prune], connections)
         )
         checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
+        standing_loop = asyncio.create_task(standing.refresh_loop())
         # Long-lived objects (routes, models, SQLAlchemy metadata) need no cycle
         # collection: freezing them keeps gen-2 pauses out of delivery latency.
         gc.collect()
@@ -228,6 +251,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
         finally:
             maintenance.cancel()
             checkpoints.cancel()
+            standing_loop.cancel()
             await fanout.close_all()
             await queue.close()
             await engine.dispose()
@@ -264,6 +288,34 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:
     )
     app.add_middleware(InternalErrors)
     return app
+
+
+def _moderation(
+    engine: Any,
+    groups: GroupStore,
+    blobs: BlobStore,
+    limiter: RateLimiter,
+    franking_key: bytes,
+    pepper: bytes,
+) -> tuple[ModerationHandler, ReportsHandler, NoticeStore]:
+    """The moderation side, shared by the server and ``parley-admin --data-dir``."""
+    reports = ReportStore(engine)
+    notices = NoticeStore(engine)
+    moderation = ModerationHandler(
+        StaffStore(engine),
+        reports,
+        StatusStore(engine),
+        notices,
+        AuditLog(engine),
+        groups,
+        pepper,
+        now_ms,
+    )
+    return (
+        moderation,
+        ReportsHandler(reports, groups, blobs, limiter, franking_key, now_ms),
+        notices,
+    )
 
 
 async def _maintain(

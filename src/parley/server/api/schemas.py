@@ -212,3 +212,42 @@ class GroupsOut(BaseModel):
 class AttachmentOut(BaseModel):
     id: str
     expires_ms: int
+
+
+class ReportMessageIn(Body):
+    franking_key: str = Field(max_length=64)
+    sender: str = Field(max_length=64)
+    conversation: str = Field(max_length=200)
+    sent_at_ms: int = Field(ge=0, le=2**63 - 1)
+    text: str = Field(max_length=70_000)
+    attachment_digests: list[str] = Field(default_factory=list, max_length=32)
+    control: str = Field(default="", max_length=90_000)
+    commitment: str = Field(max_length=64)
+    server_ms: int = Field(ge=0, le=2**63 - 1)
+    tag: str = Field(max_length=64)
+
+
+class ReportAttachmentIn(Body):
+    id: str = Field(max_length=128)
+    key: str = Field(max_length=64)
+    digest: str = Field(max_length=64)
+
+
+class ReportIn(Body):
+    category: str = Field(max_length=16)
+    comment: str = Field(default="", max_length=1000)
+    messages: list[ReportMessageIn] = Field(min_length=1, max_length=6)
+    attachments: list[ReportAttachmentIn] = Field(default_factory=list, max_length=32)
+
+
+class IdOut(BaseModel):
+    id: str
+
+
+class NoticesOut(BaseModel):
+    notices: list[dict[str, object]]
+
+
+class ResolveIn(Body):
+    action: str = Field(max_length=16)
+    note: str = Field(default="", max_length=1000)

@@ -52,6 +52,10 @@ class LocalFanout:
         if session is not None:
             session.close_soon(CLOSE_REVOKED)
 
+    def disconnect_account(self, account_id: str) -> None:
+        for owner in [o for o in self._sessions if o[0] == account_id]:
+            self.disconnect(*owner)
+
     async def close_all(self) -> None:
         sessions = list(self._sessions.values())
         self._sessions.clear()

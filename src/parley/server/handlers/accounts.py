@@ -103,6 +103,7 @@ class AccountsHandler:
         self._devices: dict[str, list[int]] = {}
         self._accounts_cache: dict[str, Account] = {}
         self.on_device_removed: Callable[[str, int], None] = lambda _a, _d: None
+        self.check_login: Callable[[str], None] = lambda _a: None  # moderation (Standing)
 
     # -- registration ------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class AccountsHandler:
             self._auth_cache[(account_id, device_id)] = stored
         if not constant_time_equal(stored, self._hash("credential", token)):
             raise Unauthorized("invalid credentials")
+        self.check_login(account_id)
         await self._touch(account_id, ip)
         return Principal(account_id, device_id)
 

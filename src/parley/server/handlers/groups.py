@@ -30,8 +30,10 @@ class GroupsHandler:
         self._groups = groups
         self._limiter = limiter
         self._now = clock_ms
+        self.check_grow: Callable[[str], None] = lambda _a: None  # moderation (Standing)
 
     async def create(self, who: Principal, members: list[str]) -> str:
+        self.check_grow(who.account_id)
         self._limiter.check("group-create", who.account_id, 20, 1 / 60)
         if len(set(members)) + 1 > MAX_MEMBERS:
             raise BadRequest(f"a group has at most {MAX_MEMBERS} members")
@@ -51,6 +53,7 @@ class GroupsHandler:
         members = await self.members(who, group_id)
         if not members[who.account_id]:
             raise Forbidden("only a group admin can add members")
+        self.check_grow(who.account_id)
         if account_id in members:
             raise Conflict("already a member")
         if len(members) >= MAX_MEMBERS:

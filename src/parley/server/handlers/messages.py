@@ -55,6 +55,7 @@ class MessagesHandler:
         self._pepper = pepper
         self._ttl = ttl_ms
         self._now = clock_ms
+        self.check_send: Callable[[str], None] = lambda _a: None  # moderation (Standing)
 
     def _idempotency_key(self, who: Principal, target: str, client_id: str) -> bytes:
         if not client_id or len(client_id) > MAX_CLIENT_ID:
@@ -91,6 +92,7 @@ class MessagesHandler:
         self, who: Principal, recipient: str, client_id: str, envelopes: dict[int, bytes]
     ) -> SendResult:
         self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        self.check_send(who.account_id)
         key = self._idempotency_key(who, recipient, client_id)
         await self._accounts.account(recipient)
         expected = set(await self._accounts.device_ids(recipient))
@@ -116,6 +118,7 @@ class MessagesHandler:
         self, who: Principal, group_id: str, client_id: str, envelope: bytes
     ) -> SendResult:
         self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        self.check_send(who.account_id)
         key = self._idempotency_key(who, "group:" + group_id, client_id)
         members = await self._groups.members(group_id)
         if not members:

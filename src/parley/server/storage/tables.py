@@ -171,4 +171,69 @@ server_secrets = Table(
     Column("value", LargeBinary(64), nullable=False),
 )
 
+# -- moderation (migration 0002) ------------------------------------------------------
+
+# Only accounts under a moderation action have a row here.
+account_status = Table(
+    "account_status",
+    metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("until_ms", BigInteger, nullable=True),
+)
+
+staff = Table(
+    "staff",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("credential_hash", LargeBinary(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("reporter", String(36), nullable=False),
+    Column("category", String(16), nullable=False),
+    Column("comment", String(1000), nullable=False),
+    Column("sender_account", String(36), nullable=False),
+    Column("conversation", String(300), nullable=False),
+    Column("group_id", String(32), nullable=True),
+    Column("content", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("action", String(16), nullable=True),
+    Column("note", String(1000), nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("resolved_ms", BigInteger, nullable=True),
+    Index("ix_reports_status", "status", "created_ms"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at_ms", BigInteger, nullable=False),
+    Column("actor", String(140), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(140), nullable=False),
+    Column("details", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("hash", LargeBinary(32), nullable=False),
+    sqlite_autoincrement=True,
+)
+
+notices = Table(
+    "notices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", String(36), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_notices_account", "account_id", "id"),
+    sqlite_autoincrement=True,
+)
+
 __all__ = ["UniqueConstraint", "metadata"]

@@ -1,0 +1,195 @@
+"""Staff: moderators act on reports, auditors read, legal officers handle court orders.
+
+Staff authenticate with their own credentials (``STAFF_ID.TOKEN``, stored as
+an HMAC like device credentials). Every staff action, reads included, is
+appended to the hash-chained audit log before its result is returned.
+
+Actions on a reported account take effect at once (``Standing``): ``warn``
+sends a notice; ``restrict`` stops it creating groups or adding members;
+``suspend`` stops it sending for ``SUSPEND_DAYS``; ``ban`` stops it logging
+in and closes its sockets. The reporter is told the outcome and the reported
+account gets a notice of any action other than ``dismiss``.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from parley.crypto.primitives import constant_time_equal, hmac_sha256
+from parley.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from parley.server.storage.groups import GroupStore
+from parley.server.storage.moderation import (
+    AuditLog,
+    NoticeStore,
+    ReportStore,
+    Staff,
+    StaffStore,
+    StatusStore,
+)
+
+ROLES = ("moderator", "legal", "auditor")
+ACTIONS = ("dismiss", "warn", "restrict", "suspend", "ban")
+STATUS_FOR = {"restrict": "restricted", "suspend": "suspended", "ban": "banned"}
+SUSPEND_DAYS = 7
+READERS = ("moderator", "auditor")
+
+
+class ModerationHandler:
+    def __init__(
+        self,
+        staff: StaffStore,
+        reports: ReportStore,
+        status: StatusStore,
+        notices: NoticeStore,
+        audit: AuditLog,
+        groups: GroupStore,
+        pepper: bytes,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self._staff = staff
+        self._reports = reports
+        self._status = status
+        self._notices = notices
+        self._audit = audit
+        self._groups = groups
+        self._pepper = pepper
+        self._now = clock_ms
+        # set by the server so its own actions apply before the answer; the
+        # once-a-second refresh covers actions from parley-admin --data-dir
+        self.on_status_changed: Callable[[], Awaitable[None]] | None = None
+
+    def _hash(self, token: str) -> bytes:
+        return hmac_sha256(self._pepper, b"staff\x00" + token.encode())
+
+    async def add_staff(self, actor: str, name: str, role: str) -> tuple[Staff, str]:
+        """Create a staff member; the credential is returned once and stored only hashed."""
+        if role not in ROLES:
+            raise BadRequest(f"role must be one of {', '.join(ROLES)}", "invalid_request")
+        if not name or len(name) > 100:
+            raise BadRequest("a staff name is 1..100 characters", "invalid_request")
+        staff_id = secrets.token_hex(8)
+        token = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        await self._staff.add(staff_id, name, role, self._hash(token), self._now())
+        await self._audit.append(
+            actor, "staff.add", staff_id, {"name": name, "role": role}, self._now()
+        )
+        return Staff(staff_id, name, role), f"{staff_id}.{token}"
+
+    async def authenticate(self, header: str | None) -> Staff:
+        if not header or not header.startswith("Bearer "):
+            raise Unauthorized("missing staff credentials")
+        staff_id, _, token = header[7:].strip().partition(".")
+        found = await self._staff.by_id(staff_id) if staff_id else None
+        if found is None or not constant_time_equal(found[1], self._hash(token)):
+            raise Unauthorized("invalid staff credentials")
+        return found[0]
+
+    async def _require(self, staff: Staff, roles: tuple[str, ...], what: str, target: str) -> None:
+        """Refuse a staff member without the role; the refused attempt is audited too."""
+        if staff.role not in roles:
+            await self._audit.append(
+                self._actor(staff), "denied", target, {"attempted": what}, self._now()
+            )
+            raise Forbidden(f"the {staff.role} role cannot {what}")
+
+    def _actor(self, staff: Staff) -> str:
+        return f"{staff.role}:{staff.id}:{staff.name}"
+
+    async def list_reports(self, staff: Staff, status: str | None) -> list[dict[str, Any]]:
+        await self._require(staff, READERS, "read reports", status or "all")
+        found = await self._reports.list(status)
+        await self._audit.append(
+            self._actor(staff), "reports.list", status or "all", {"count": len(found)}, self._now()
+        )
+        return [{k: v for k, v in r.items() if k != "messages"} for r in found]
+
+    async def show_report(self, staff: Staff, report_id: str) -> dict[str, Any]:
+        await self._require(staff, READERS, "read reports", report_id)
+        report = await self._reports.get(report_id)
+        if report is None:
+            raise NotFound("no such report")
+        await self._audit.append(self._actor(staff), "reports.show", report_id, {}, self._now())
+        return report
+
+    async def resolve(self, staff: Staff, report_id: str, action: str, note: str) -> dict[str, Any]:
+        await self._require(staff, ("moderator",), "act on reports", report_id)
+        if action not in ACTIONS:
+            raise BadRequest(f"action must be one of {', '.join(ACTIONS)}", "invalid_request")
+        report = await self._reports.get(report_id)
+        if report is None:
+            raise NotFound("no such report")
+        if not await self._reports.resolve(report_id, action, note[:1000], self._now()):
+            raise BadRequest("this report is already resolved", "already_resolved")
+        now = self._now()
+        target = report["sender_account"]
+        if action in STATUS_FOR:
+            until = now + SUSPEND_DAYS * 86_400_000 if action == "suspend" else None
+            await self._status.set(target, STATUS_FOR[action], until)
+        await self._audit.append(
+            self._actor(staff),
+            "reports.resolve",
+            report_id,
+            {"action": action, "account": target, "note": note[:1000]},
+            now,
+        )
+        await self._notices.add(
+            report["reporter"],
+            {
+                "kind": "report_outcome",
+                "report": report_id,
+                "outcome": "no action" if action == "dismiss" else "action taken",
+                "category": report["category"],
+            },
+            now,
+        )
+        if action != "dismiss":
+            await self._notices.add(
+                target,
+                {
+                    "kind": "moderation",
+                    "action": action,
+                    "category": report["category"],
+                    "until_ms": now + SUSPEND_DAYS * 86_400_000 if action == "suspend" else None,
+                },
+                now,
+            )
+        if self.on_status_changed is not None:
+            await self.on_status_changed()
+        return {"report": report_id, "action": action, "account": target}
+
+    async def remove_from_group(self, staff: Staff, report_id: str) -> dict[str, Any]:
+        """Remove the reported sender from the group the report came from."""
+        await self._require(staff, ("moderator",), "remove members from groups", report_id)
+        report = await self._reports.get(report_id)
+        if report is None:
+            raise NotFound("no such report")
+        if not report["group"]:
+            raise BadRequest("this report is not about a group message", "invalid_request")
+        members = await self._groups.members(report["group"])
+        if report["sender_account"] not in members:
+            raise NotFound("the sender is no longer in that group")
+        await self._groups.remove(report["group"], report["sender_account"])
+        await self._audit.append(
+            self._actor(staff),
+            "groups.remove_member",
+            report["group"],
+            {"account": report["sender_account"], "report": report_id},
+            self._now(),
+        )
+        await self._notices.add(
+            report["sender_account"],
+            {"kind": "moderation", "action": "removed_from_group", "group": report["group"]},
+            self._now(),
+        )
+        return {"group": report["group"], "removed": report["sender_account"]}
+
+    async def audit_entries(self, staff: Staff) -> dict[str, Any]:
+        entries = await self._audit.entries()
+        intact = await self._audit.verify()
+        await self._audit.append(
+            self._actor(staff), "audit.list", "audit_log", {"count": len(entries)}, self._now()
+        )
+        return {"entries": entries, "chain_intact": intact}
