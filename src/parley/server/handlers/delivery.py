@@ -186,15 +186,17 @@ class DeliverySession:
         limit = max(room, 1)
         self._reading, self._read_buffer = True, []
         try:
-            rows = await self._queue.pending(
+            rows, last = await self._queue.page(
                 self.owner[0], self.owner[1], self._known_id, limit, time.time_ns() // 1_000_000
             )
         finally:
             self._reading = False
         self._outbox.extend(rows)
-        if rows:
-            self._known_id = rows[-1].id
-        if len(rows) < limit:
+        if last is not None:
+            self._known_id = last  # a full page: more may follow, read on from here
+        else:
+            if rows:
+                self._known_id = rows[-1].id
             self._backlog = False
             for row in self._read_buffer:
                 if row.id > self._known_id:

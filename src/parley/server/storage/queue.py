@@ -92,6 +92,9 @@ class MessageQueue:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Acknowledged but not yet committed as deleted: never handed out again,
+        # even to a reconnecting device, while their delete is in flight.
+        self._deleting: set[str] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._writer(), name="queue-writer")
@@ -125,9 +128,11 @@ class MessageQueue:
         exactly-once display).
         """
         op = _Delete(guids)
+        self._deleting.update(guids)
         self._ops.append(op)
         self._wakeup.set()
         op.future.add_done_callback(_consume)
+        op.future.add_done_callback(lambda _f: self._deleting.difference_update(guids))
         return op.future
 
     async def _writer(self) -> None:
@@ -217,7 +222,14 @@ class MessageQueue:
     async def pending(
         self, account_id: str, device_id: int, after_id: int, limit: int, now_ms: int
     ) -> list[QueuedMessage]:
-        """Queued rows in id order, skipping any past their expiry (pruned later)."""
+        """Queued rows in id order, skipping expired ones and those being deleted."""
+        return (await self.page(account_id, device_id, after_id, limit, now_ms))[0]
+
+    async def page(
+        self, account_id: str, device_id: int, after_id: int, limit: int, now_ms: int
+    ) -> tuple[list[QueuedMessage], int | None]:
+        """Like ``pending``, plus the id of the last row read, or None if fewer than
+        ``limit`` rows were left (the queue is drained up to now)."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(messages)
@@ -230,7 +242,9 @@ class MessageQueue:
                 .order_by(messages.c.id)
                 .limit(limit)
             )
-            return [_to_message(r) for r in rows]
+            raw = rows.all()
+        last = raw[-1].id if len(raw) == limit else None
+        return [_to_message(r) for r in raw if r.guid not in self._deleting], last
 
     async def prune(self, now_ms: int, sent_key_before_ms: int) -> int:
         async with self._engine.begin() as conn:
