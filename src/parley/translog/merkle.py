@@ -1,0 +1,148 @@
+"""RFC 6962 / RFC 9162 Merkle tree hashing, proofs, and their verification.
+
+Hashing (RFC 9162 §2.1.1): leaf = SHA-256(0x00 || data), node =
+SHA-256(0x01 || left || right), and the root of the empty tree is SHA-256("").
+Proofs are built with the recursive definitions of RFC 6962 §2.1.1-2.1.2 and
+checked with the iterative algorithms of RFC 9162 §2.1.3.2 and §2.1.4.2.
+Every verifier raises ``ProofError``; following the published vectors
+(``../shared/vectors/rfc6962``), a consistency proof from size 0 is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from parley.crypto.primitives import sha256
+from parley.errors import RemoteProtocolError
+
+HASH_LEN = 32
+
+
+class ProofError(RemoteProtocolError):
+    code = "invalid_proof"
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return sha256(b"\x00" + data)
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return sha256(b"\x01" + left + right)
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than n (n > 1)."""
+    k = 1
+    while k << 1 < n:
+        k <<= 1
+    return k
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """MTH over leaf hashes."""
+    n = len(leaves)
+    if n == 0:
+        return sha256(b"")
+    if n == 1:
+        return leaves[0]
+    k = _split(n)
+    return node_hash(root(leaves[:k]), root(leaves[k:]))
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """PATH(m, D[n]) (RFC 6962 §2.1.1)."""
+    n = len(leaves)
+    if not 0 <= index < n:
+        raise ValueError("leaf index out of range")
+    if n == 1:
+        return []
+    k = _split(n)
+    if index < k:
+        return [*inclusion_proof(leaves[:k], index), root(leaves[k:])]
+    return [*inclusion_proof(leaves[k:], index - k), root(leaves[:k])]
+
+
+def consistency_proof(leaves: Sequence[bytes], size1: int) -> list[bytes]:
+    """PROOF(m, D[n]) (RFC 6962 §2.1.2)."""
+    if not 0 < size1 <= len(leaves):
+        raise ValueError("size out of range")
+    return _subproof(size1, leaves, True)
+
+
+def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if complete else [root(leaves)]
+    k = _split(n)
+    if m <= k:
+        return [*_subproof(m, leaves[:k], complete), root(leaves[k:])]
+    return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+
+
+def _check_hashes(*hashes: bytes) -> None:
+    if any(len(h) != HASH_LEN for h in hashes):
+        raise ProofError("hashes must be 32 bytes")
+
+
+def verify_inclusion(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes], expected_root: bytes
+) -> None:
+    """RFC 9162 §2.1.3.2."""
+    _check_hashes(leaf, expected_root, *proof)
+    if index < 0 or index >= size:
+        raise ProofError("leaf index is not in the tree")
+    fn, sn, r = index, size - 1, leaf
+    for p in proof:
+        if sn == 0:
+            raise ProofError("inclusion proof is too long")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or r != expected_root:
+        raise ProofError("inclusion proof does not lead to the root")
+
+
+def verify_consistency(
+    size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes]
+) -> None:
+    """RFC 9162 §2.1.4.2."""
+    if size1 < 1 or size2 < size1:
+        raise ProofError("consistency needs 0 < size1 <= size2")
+    if size1 == size2:
+        if proof:
+            raise ProofError("equal sizes need an empty proof")
+        if root1 != root2:
+            raise ProofError("equal sizes but different roots")
+        return
+    _check_hashes(root1, root2, *proof)
+    path = list(proof)
+    if size1 & (size1 - 1) == 0:  # size1 is a power of two: its root is the first node
+        path.insert(0, root1)
+    if not path:
+        raise ProofError("empty consistency proof")
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise ProofError("consistency proof is too long")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or fr != root1 or sr != root2:
+        raise ProofError("consistency proof does not match the roots")
