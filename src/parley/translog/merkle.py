@@ -108,7 +108,7 @@ def verify_inclusion(
         raise ProofError("inclusion proof does not lead to the root")
 
 
-def verify_consistency(
+def verify_consistency(  # noqa: PLR0912 - RFC 9162 §2.1.4.2, step by step
     size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes]
 ) -> None:
     """RFC 9162 §2.1.4.2."""
