@@ -28,7 +28,7 @@ from parley.errors import ParleyError, ServerError, Unreachable
 out = Console(highlight=False, soft_wrap=True)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command table
     p = argparse.ArgumentParser(prog="parley-admin", description="Parley staff tools")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--data-dir", type=Path, help="work on this server's data directory (local)")
@@ -62,6 +62,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     rg.add_argument("id")
 
+    authority = sub.add_parser("authority").add_subparsers(dest="authority_command", required=True)
+    aa = authority.add_parser("add", help="register a judicial authority's Ed25519 key")
+    aa.add_argument("name")
+    aa.add_argument("--jurisdiction", required=True, metavar="CC")
+    aa.add_argument("--public-key", required=True, type=Path, metavar="FILE")
+    ar = authority.add_parser("revoke")
+    ar.add_argument("name")
+
+    legal = sub.add_parser("legal").add_subparsers(dest="legal_command", required=True)
+    ls = legal.add_parser("submit", help="submit a signed order")
+    ls.add_argument("file", type=Path, metavar="SIGNED.json")
+    ls.add_argument("--json", action="store_true")
+    for name in ("approve", "show"):
+        lp = legal.add_parser(name)
+        lp.add_argument("id")
+        lp.add_argument("--json", action="store_true")
+    lr = legal.add_parser("refuse")
+    lr.add_argument("id")
+    lr.add_argument("--reason", required=True)
+    le = legal.add_parser("export")
+    le.add_argument("id")
+    le.add_argument("--out", required=True, type=Path)
+
+    tr = sub.add_parser("transparency").add_subparsers(dest="transparency_command", required=True)
+    trr = tr.add_parser(
+        "report", help="aggregate the quarter's lawful requests from the public log"
+    )
+    trr.add_argument("--quarter", required=True, help="e.g. 2026Q4")
+    trr.add_argument("--html", type=Path, metavar="FILE")
+
+    policy = sub.add_parser("policy").add_subparsers(dest="policy_command", required=True)
+    pp = policy.add_parser(
+        "publish", help="publish a new privacy-policy version (its hash goes into the log)"
+    )
+    pp.add_argument("file", type=Path, metavar="FILE.md")
+
     audit = sub.add_parser("audit").add_subparsers(dest="audit_command", required=True)
     al = audit.add_parser("list")
     al.add_argument("--json", action="store_true")
@@ -69,13 +105,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class Local:
-    """The moderation handler over the database itself."""
+    """The staff handlers over the database itself."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
 
     async def __aenter__(self) -> Local:
-        from parley.server.app import _moderation, now_ms  # noqa: F401 - the shared construction
+        import time
+
+        from parley.server.app import build_staff_side
         from parley.server.config import ServerConfig
         from parley.server.handlers.ratelimit import RateLimiter
         from parley.server.storage import db
@@ -91,16 +129,17 @@ class Local:
         await db.migrate(self.engine)
         pepper = await load_or_create(self.engine, "pepper")
         franking = await load_or_create(self.engine, "franking")
-        import time
-
-        self.moderation, _, _ = _moderation(
+        config = ServerConfig(data_dir=data_dir, database_url=url)
+        self.side = await build_staff_side(
             self.engine,
             GroupStore(self.engine),
             BlobStore(self.engine, data_dir / "attachments"),
             RateLimiter(time.monotonic),
             franking,
             pepper,
+            config,
         )
+        self.moderation = self.side.moderation
         return self
 
     async def __aexit__(self, *_: object) -> None:
@@ -116,7 +155,7 @@ def _token(args: argparse.Namespace) -> str:
     return str(args.token)
 
 
-async def _local(args: argparse.Namespace) -> Any:
+async def _local(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - one dispatch table
     async with Local(args) as local:
         m = local.moderation
         if args.command == "staff":
@@ -126,8 +165,45 @@ async def _local(args: argparse.Namespace) -> Any:
                 "credential": credential,
             }
         staff = await local.staff()
-        if args.command == "audit":
-            return await m.audit_entries(staff)
+        actor = f"{staff.role}:{staff.id}:{staff.name}"
+        legal = local.side.legal
+        match args.command:
+            case "audit":
+                return await m.audit_entries(staff)
+            case "authority":
+                _require_legal(staff)
+                if args.authority_command == "add":
+                    return {
+                        "id": await legal.add_authority(
+                            actor, args.name, args.jurisdiction, _public_key(args.public_key)
+                        )
+                    }
+                await legal.revoke_authority(actor, args.name)
+                return {"revoked": args.name}
+            case "legal":
+                match args.legal_command:
+                    case "submit":
+                        return await legal.submit(staff, _read_json(args.file))
+                    case "approve":
+                        return await legal.approve(staff, args.id)
+                    case "refuse":
+                        return await legal.refuse(staff, args.id, args.reason)
+                    case "show":
+                        return await legal.show(staff, args.id)
+                    case _:
+                        return await legal.export(staff, args.id)
+            case "transparency":
+                from parley.server.handlers.report_page import aggregate
+
+                return await aggregate(local.side.transparency, args.quarter)
+            case "policy":
+                _require_legal(staff)
+                from parley.server.api.public import publish
+                from parley.server.app import now_ms
+
+                return await publish(
+                    local.side.transparency, local.side.legal_store, _read_text(args.file), now_ms()
+                )
         match args.reports_command:
             case "list":
                 return {"reports": await m.list_reports(staff, args.status)}
@@ -139,15 +215,82 @@ async def _local(args: argparse.Namespace) -> Any:
                 return await m.remove_from_group(staff, args.id)
 
 
-async def _remote(args: argparse.Namespace) -> Any:
+def _require_legal(staff: Any) -> None:
+    if staff.role != "legal":
+        raise ParleyError("only the legal role manages authorities, orders and the policy")
+
+
+def _public_key(path: Path) -> bytes:
+    import base64
+
+    try:
+        text = path.read_text().strip()
+        key = base64.b64decode(text, validate=True)
+    except (OSError, ValueError) as exc:
+        raise ParleyError(f"cannot read a base64 Ed25519 public key from {path}") from exc
+    if len(key) != 32:
+        raise ParleyError(f"{path} does not hold a 32-byte Ed25519 public key")
+    return key
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ParleyError(f"cannot read JSON from {path}") from exc
+
+
+def _read_text(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ParleyError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+async def _remote(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - one dispatch table
     if args.command == "staff":
         raise ParleyError(
             "staff can only be added on the server's machine: parley-admin --data-dir DIR staff add ..."
         )
     api = ApiClient(args.server, _token(args))
     try:
-        if args.command == "audit":
-            return await api.call("GET", "/v1/admin/audit")
+        match args.command:
+            case "audit":
+                return await api.call("GET", "/v1/admin/audit")
+            case "authority":
+                if args.authority_command == "add":
+                    key = _public_key(args.public_key)
+                    import base64
+
+                    body = {
+                        "name": args.name,
+                        "jurisdiction": args.jurisdiction,
+                        "public_key": base64.b64encode(key).decode(),
+                    }
+                    return await api.call("POST", "/v1/admin/authorities", body)
+                return await api.call("DELETE", f"/v1/admin/authorities/{args.name}")
+            case "legal":
+                match args.legal_command:
+                    case "submit":
+                        return await api.call("POST", "/v1/admin/legal", _read_json(args.file))
+                    case "approve":
+                        return await api.call("POST", f"/v1/admin/legal/{args.id}/approve")
+                    case "refuse":
+                        return await api.call(
+                            "POST", f"/v1/admin/legal/{args.id}/refuse", {"reason": args.reason}
+                        )
+                    case "show":
+                        return await api.call("GET", f"/v1/admin/legal/{args.id}")
+                    case _:
+                        return await api.call("GET", f"/v1/admin/legal/{args.id}/export")
+            case "transparency":
+                return await api.call(
+                    "GET", f"/v1/admin/transparency/report?quarter={args.quarter}"
+                )
+            case "policy":
+                return await api.call(
+                    "POST", "/v1/admin/policy", {"text": _read_text(args.file).decode()}
+                )
         match args.reports_command:
             case "list":
                 return await api.call(
@@ -167,9 +310,34 @@ async def _remote(args: argparse.Namespace) -> Any:
         await api.close()
 
 
-def _render(args: argparse.Namespace, result: Any) -> None:
+def _render(args: argparse.Namespace, result: Any) -> None:  # noqa: PLR0912 - one renderer per command
     as_json = getattr(args, "json", False)
-    if args.command == "staff":
+    if args.command == "legal" and args.legal_command == "export":
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(result, f, indent=2)
+        out.print(f"Wrote the signed disclosure package to {args.out}")
+    elif args.command == "legal" and args.legal_command == "submit" and as_json:
+        sys.stdout.write(
+            json.dumps({"id": result["id"], "status": result["status"], "reason": result["reason"]})
+            + "\n"
+        )
+    elif args.command == "legal" and not as_json:
+        out.print(
+            f"request {result['id']}: {result['status']}"
+            + (f" ({result['reason']})" if result.get("reason") else "")
+        )
+        for part, why in result.get("refused", {}).items():
+            out.print(f"  refused {part}: {why}")
+        if args.legal_command == "submit":
+            sys.stdout.write(result["id"] + "\n")
+    elif args.command == "transparency":
+        if args.html:
+            from parley.server.handlers.report_page import render_html
+
+            args.html.write_text(render_html(result))
+        sys.stdout.write(json.dumps(result) + "\n")
+    elif args.command == "staff":
         s = result["staff"]
         out.print(
             f"Added {s['name']} ({s['role']}), staff id {s['id']}. Their credential, shown once:"

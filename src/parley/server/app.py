@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -24,27 +25,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import __version__
+from parley.crypto.primitives import SigningKey
 from parley.errors import ApiError, RateLimited
 from parley.server.api.admin import build_admin_router
+from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.websocket import websocket_endpoint
 from parley.server.config import ServerConfig
+from parley.server.disclosure.package import DisclosureReader
 from parley.server.fanout.local import LocalFanout
 from parley.server.handlers.accounts import AccountsHandler
 from parley.server.handlers.attachments import AttachmentsHandler
 from parley.server.handlers.groups import GroupsHandler
 from parley.server.handlers.keys import KeysHandler
+from parley.server.handlers.legal import LegalHandler
 from parley.server.handlers.messages import MessagesHandler
 from parley.server.handlers.moderation import ModerationHandler
 from parley.server.handlers.ratelimit import RateLimiter
 from parley.server.handlers.reports import ReportsHandler
 from parley.server.handlers.standing import Standing
+from parley.server.handlers.transparency import TransparencyHandler
 from parley.server.sms import SmsSender, from_spec
 from parley.server.storage import db
 from parley.server.storage.accounts import AccountStore, CodeStore, ConnectionLog, ProvisioningStore
 from parley.server.storage.blobs import BlobStore
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.keys import KeyStore
+from parley.server.storage.legal import LegalStore
 from parley.server.storage.moderation import (
     AuditLog,
     NoticeStore,
@@ -54,6 +61,7 @@ from parley.server.storage.moderation import (
 )
 from parley.server.storage.queue import MessageQueue
 from parley.server.storage.secrets import load_or_create
+from parley.server.storage.transparency import TransparencyStore
 
 log = logging.getLogger("parley.server")
 SENT_KEY_RETENTION_MS = 86_400_000
@@ -214,9 +222,11 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             ),
         )
         app.include_router(build_router(handlers))
-        moderation, reports_handler, notices = _moderation(
-            engine, groups_store, blobs, limiter, franking_key, pepper
+        staff_side = await build_staff_side(
+            engine, groups_store, blobs, limiter, franking_key, pepper, config
         )
+        moderation, reports_handler = staff_side.moderation, staff_side.reports
+        notices = staff_side.notices
         standing = Standing(StatusStore(engine), now_ms)
         standing.on_banned = fanout.disconnect_account
         accounts.check_login = standing.check_login
@@ -225,6 +235,15 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         moderation.on_status_changed = standing.refresh
         await standing.refresh()
         app.include_router(build_admin_router(accounts, reports_handler, moderation, notices))
+        app.include_router(
+            build_public_router(
+                staff_side.transparency,
+                staff_side.legal,
+                staff_side.legal_store,
+                moderation,
+                now_ms,
+            )
+        )
         app.add_api_websocket_route(
             "/v1/websocket",
             websocket_endpoint(accounts, handlers.messages, queue, fanout, config.delivery_window),
@@ -232,7 +251,12 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)
         maintenance = asyncio.create_task(
-            _maintain(config, queue, [codes.prune, provisioning.prune, blobs.prune], connections)
+            _maintain(
+                config,
+                queue,
+                [codes.prune, provisioning.prune, blobs.prune, _notices_due(staff_side.legal)],
+                connections,
+            )
         )
         checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
         standing_loop = asyncio.create_task(standing.refresh_loop())
@@ -290,32 +314,59 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
     return app
 
 
-def _moderation(
+@dataclasses.dataclass(frozen=True, slots=True)
+class StaffSide:
+    moderation: ModerationHandler
+    reports: ReportsHandler
+    notices: NoticeStore
+    legal: LegalHandler
+    legal_store: LegalStore
+    transparency: TransparencyHandler
+
+
+async def build_staff_side(
     engine: Any,
     groups: GroupStore,
     blobs: BlobStore,
     limiter: RateLimiter,
     franking_key: bytes,
     pepper: bytes,
-) -> tuple[ModerationHandler, ReportsHandler, NoticeStore]:
-    """The moderation side, shared by the server and ``parley-admin --data-dir``."""
+    config: ServerConfig,
+) -> StaffSide:
+    """Moderation, lawful requests and the transparency log, shared by the server
+    and ``parley-admin --data-dir``."""
     reports = ReportStore(engine)
     notices = NoticeStore(engine)
+    audit = AuditLog(engine)
     moderation = ModerationHandler(
-        StaffStore(engine),
-        reports,
-        StatusStore(engine),
-        notices,
-        AuditLog(engine),
-        groups,
-        pepper,
+        StaffStore(engine), reports, StatusStore(engine), notices, audit, groups, pepper, now_ms
+    )
+    log = TransparencyHandler(
+        TransparencyStore(engine),
+        SigningKey.from_private_bytes(await load_or_create(engine, "log")),
         now_ms,
     )
-    return (
-        moderation,
-        ReportsHandler(reports, groups, blobs, limiter, franking_key, now_ms),
+    legal_store = LegalStore(engine)
+    legal = LegalHandler(
+        legal_store,
+        AccountStore(engine),
+        DisclosureReader(engine),
+        log,
+        audit,
         notices,
+        SigningKey.from_private_bytes(await load_or_create(engine, "disclosure")),
+        config.ip_retention_ms,
+        now_ms,
     )
+    reports_handler = ReportsHandler(reports, groups, blobs, limiter, franking_key, now_ms)
+    return StaffSide(moderation, reports_handler, notices, legal, legal_store, log)
+
+
+def _notices_due(legal: LegalHandler) -> Callable[[int], Awaitable[object]]:
+    async def due(_now: int) -> object:
+        return await legal.send_due_notices()
+
+    return due
 
 
 async def _maintain(

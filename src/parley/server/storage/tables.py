@@ -236,4 +236,54 @@ notices = Table(
     sqlite_autoincrement=True,
 )
 
+# -- transparency and lawful requests (migration 0003) ---------------------------------
+
+translog_entries = Table(
+    "translog_entries",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(32), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+)
+
+authorities = Table(
+    "authorities",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("jurisdiction", String(2), nullable=False),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("revoked_ms", BigInteger, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+legal_requests = Table(
+    "legal_requests",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("order_id", String(128), nullable=False, index=True),
+    Column("authority_id", String(32), nullable=False),
+    Column("order", LargeBinary, nullable=False),
+    Column("target_account", String(36), nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("granted", String(200), nullable=False),
+    Column("refused", LargeBinary, nullable=False),
+    Column("approvals", String(200), nullable=False),
+    Column("reason", String(1000), nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("notice_sent", Boolean, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("text", LargeBinary, nullable=False),
+    Column("sha256", LargeBinary(32), nullable=False),
+    Column("log_index", Integer, nullable=False),
+    Column("published_ms", BigInteger, nullable=False),
+)
+
 __all__ = ["UniqueConstraint", "metadata"]

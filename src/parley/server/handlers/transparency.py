@@ -1,0 +1,67 @@
+"""The public transparency log: every lawful request, every staff decision on
+one, and every privacy-policy version, as RFC 6962 leaves with signed heads.
+
+An entry's leaf is ``leaf_hash(canonical JSON (RFC 8785) of {"kind", ...})``;
+entries hold no personal data (jurisdiction, category, dates, outcome, counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import rfc8785
+
+from parley.crypto.primitives import SigningKey
+from parley.errors import BadRequest
+from parley.server.storage.transparency import TransparencyStore
+from parley.translog import merkle
+from parley.translog.heads import TreeHead, sign_head
+
+
+def canonical(value: Any) -> bytes:
+    return bytes(rfc8785.dumps(value))
+
+
+class TransparencyHandler:
+    def __init__(
+        self, store: TransparencyStore, key: SigningKey, clock_ms: Callable[[], int]
+    ) -> None:
+        self._store = store
+        self.key = key
+        self._now = clock_ms
+        self._leaves: list[bytes] = []
+
+    async def _sync(self) -> list[bytes]:
+        """Leaves in memory, topped up from the database (another process may append)."""
+        size = await self._store.size()
+        if size > len(self._leaves):
+            self._leaves += await self._store.leaf_hashes(len(self._leaves))
+        return self._leaves
+
+    async def append(self, kind: str, fields: dict[str, Any]) -> int:
+        body = canonical({"kind": kind, **fields})
+        index = await self._store.append(kind, body, merkle.leaf_hash(body), self._now())
+        await self._sync()
+        return index
+
+    async def head(self) -> TreeHead:
+        leaves = await self._sync()
+        return sign_head(self.key, len(leaves), merkle.root(leaves), self._now())
+
+    async def inclusion(self, index: int, size: int) -> list[bytes]:
+        leaves = await self._sync()
+        if not 0 <= index < size <= len(leaves):
+            raise BadRequest("need 0 <= index < size <= the log's size", "invalid_request")
+        return merkle.inclusion_proof(leaves[:size], index)
+
+    async def consistency(self, first: int, second: int) -> list[bytes]:
+        leaves = await self._sync()
+        if not 0 < first <= second <= len(leaves):
+            raise BadRequest("need 0 < first <= second <= the log's size", "invalid_request")
+        return merkle.consistency_proof(leaves[:second], first)
+
+    async def entries(self, start: int, end: int) -> list[dict[str, Any]]:
+        if start < 0 or end < start or end - start > 1000:
+            raise BadRequest("ask for at most 1000 entries, start <= end", "invalid_request")
+        return await self._store.entries(start, end)
