@@ -337,6 +337,8 @@ def _render(args: argparse.Namespace, result: Any) -> None:  # noqa: PLR0912 - o
 
             args.html.write_text(render_html(result))
         sys.stdout.write(json.dumps(result) + "\n")
+    elif args.command in ("authority", "policy"):
+        sys.stdout.write(json.dumps(result) + "\n")
     elif args.command == "staff":
         s = result["staff"]
         out.print(

@@ -125,6 +125,20 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
     )
     nt.add_argument("--json", action="store_true")
 
+    po = sub.add_parser(
+        "policy", help="the privacy policy, verified against the transparency log, with changes"
+    )
+    po.add_argument("--accept", action="store_true", help="record that you have read this version")
+    po.add_argument("--json", action="store_true")
+    au = sub.add_parser("audit", help="audit the server's transparency log as any outsider can")
+    au.add_argument("--server", required=True)
+    au.add_argument(
+        "--state",
+        type=Path,
+        help="where the last seen head is kept (default: PROFILE/audit-HOST.json)",
+    )
+    au.add_argument("--json", action="store_true")
+
     h = sub.add_parser("history", help="local history of a chat")
     h.add_argument("chat", metavar="PHONE|GROUP")
     h.add_argument("--json", action="store_true")
@@ -163,6 +177,27 @@ def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], No
 
 
 async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one dispatch table
+    if args.command == "audit":
+        from parley.client.audit import audit
+
+        state = (
+            args.state
+            or args.profile
+            / f"audit-{args.server.split('//')[-1].replace(':', '_').replace('/', '_')}.json"
+        )
+        result = await audit(args.server, state)
+        if args.json:
+            _print_json(result)
+        else:
+            since = (
+                f", consistent with the {result['previous_size']} entries seen before"
+                if result["previous_size"] is not None
+                else " (first audit: head pinned)"
+            )
+            out.print(
+                f"transparency log OK: {result['size']} entries{since}; head {result['head_code']}"
+            )
+        return 0
     creating = args.command in ("register", "link")
     app = App(Profile(args.profile, _passphrase(creating)))
     if args.command not in ("register", "verify", "link"):
@@ -225,6 +260,11 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
                         pending.append(a)
 
             pending: list[dict[str, Any]] = []
+            for notice in await app.notices():
+                err.print(_notice_text(notice), markup=False)
+            policy_notice = app.policy_warning(await _served_policy_version(app))
+            if policy_notice:
+                err.print(policy_notice, markup=False)
             await app.receive(args.follow, args.timeout, show)
             if save_dir is not None and pending:
                 save_dir.mkdir(parents=True, exist_ok=True)
@@ -269,6 +309,21 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
         case "notices":
             for notice in await app.notices():
                 _print_json(notice) if args.json else out.print(_notice_text(notice))
+        case "policy":
+            policy = await app.policy(args.accept)
+            if args.json:
+                _print_json(policy)
+            else:
+                if policy["accepted"] is None:
+                    out.print(policy["text"], markup=False)
+                elif policy["changed"]:
+                    out.print(policy["diff"], markup=False)
+                else:
+                    out.print(f"The privacy policy (version {policy['version']}) has not changed.")
+                out.print(
+                    f"Version {policy['version']}, verified against the transparency log."
+                    + ("" if args.accept else " Accept it with 'parley policy --accept'.")
+                )
         case "history":
             entries = app.history(args.chat)
             if args.json:
@@ -304,9 +359,25 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
     return 0
 
 
+async def _served_policy_version(app: App) -> int | None:
+    """The server's current policy version (None if it has none or is unreachable)."""
+    from parley.client.app import verified_policy
+
+    async def act(session: Any) -> int | None:
+        try:
+            return int((await verified_policy(session.api))["version"])
+        except ParleyError:
+            return None
+
+    result = await app.run(act)
+    return None if result is None else int(result)
+
+
 def _notice_text(notice: dict[str, Any]) -> str:
     if notice.get("kind") == "report_outcome":
         return f"notice: your report {notice.get('report')} ({notice.get('category')}): {notice.get('outcome')}"
+    if notice.get("kind") == "lawful_request":
+        return f"notice: under a court order, {notice.get('authority')} ({notice.get('jurisdiction')}) obtained your {', '.join(notice.get('data', []))}"
     if notice.get("kind") == "moderation":
         return f"notice: moderators applied '{notice.get('action')}' to your account ({notice.get('category', '')})"
     return f"notice: {json.dumps(notice)}"

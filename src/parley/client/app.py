@@ -14,6 +14,8 @@ other devices, with the ``chat`` it was sent to.
 from __future__ import annotations
 
 import base64
+import difflib
+import hashlib
 import hmac
 import json
 import secrets
@@ -642,6 +644,47 @@ class App:
 
         return list(await self.run(act))
 
+    # -- privacy policy ----------------------------------------------------------------------------
+
+    async def policy(self, accept: bool) -> dict[str, Any]:
+        """The current policy, verified against the transparency log, with the diff
+        from the version this profile last accepted."""
+
+        async def act(s: Session) -> dict[str, Any]:
+            current = await verified_policy(s.api)
+            accepted = s.state.get("policy")
+            changed = accepted is None or accepted["version"] != current["version"]
+            diff = ""
+            if accepted is not None and changed:
+                diff = "".join(
+                    difflib.unified_diff(
+                        accepted["text"].splitlines(keepends=True),
+                        current["text"].splitlines(keepends=True),
+                        f"privacy policy v{accepted['version']}",
+                        f"privacy policy v{current['version']}",
+                    )
+                )
+            if accept:
+                s.state["policy"] = {"version": current["version"], "text": current["text"]}
+            return {
+                **current,
+                "changed": changed,
+                "accepted": accepted["version"] if accepted else None,
+                "diff": diff,
+            }
+
+        return dict(await self.run(act))
+
+    def policy_warning(self, served_version: int | None) -> str | None:
+        with self.profile.locked():
+            state = self.profile.load()
+        accepted = state.get("policy")
+        if served_version is not None and (
+            accepted is None or accepted["version"] != served_version
+        ):
+            return f"notice: the privacy policy is now version {served_version}; read the changes with 'parley policy'"
+        return None
+
     # -- devices ----------------------------------------------------------------------------------------
 
     async def devices(self) -> list[int]:
@@ -787,6 +830,60 @@ class App:
             finally:
                 await s.api.close()
             self.profile.wipe()
+
+
+async def verified_policy(api: ApiClient) -> dict[str, Any]:
+    """Fetch the policy and check it is the latest version the signed log commits to."""
+    from parley.client.audit import fetch_entries
+    from parley.translog import merkle
+    from parley.translog.heads import TreeHead
+
+    policy = await api.call("GET", "/v1/policy")
+    head_raw = await api.call("GET", "/v1/transparency/head")
+    head = TreeHead(
+        int(head_raw["size"]),
+        base64.b64decode(head_raw["root"]),
+        int(head_raw["timestamp_ms"]),
+        base64.b64decode(head_raw["signature"]),
+    )
+    try:
+        head.verify(base64.b64decode(head_raw["public_key"]))
+        index = int(policy["log_index"])
+        entry = (await api.call("GET", f"/v1/transparency/entries?start={index}&end={index + 1}"))[
+            "entries"
+        ][0]
+        leaf = base64.b64decode(entry["leaf"])
+        proof = await api.call("GET", f"/v1/transparency/inclusion?index={index}&size={head.size}")
+        merkle.verify_inclusion(
+            merkle.leaf_hash(leaf),
+            index,
+            head.size,
+            [base64.b64decode(p) for p in proof["proof"]],
+            head.root,
+        )
+    except (ParleyError, KeyError, IndexError, ValueError) as exc:
+        raise ClientError(
+            "the privacy policy could not be verified against the transparency log"
+        ) from exc
+    body = json.loads(leaf)
+    if (
+        body.get("kind") != "privacy_policy"
+        or body.get("sha256") != hashlib.sha256(policy["text"].encode()).hexdigest()
+    ):
+        raise ClientError("the served privacy policy does not match the transparency log")
+    later = [
+        e
+        for e in await fetch_entries(api, head.size)
+        if e["kind"] == "privacy_policy" and e["index"] > index
+    ]
+    if later:
+        raise ClientError("the server serves an old privacy policy: a newer version is in the log")
+    return {
+        "version": int(policy["version"]),
+        "text": str(policy["text"]),
+        "sha256": body["sha256"],
+        "log_index": index,
+    }
 
 
 def _link_keys(code: str) -> tuple[bytes, bytes]:
