@@ -21,7 +21,7 @@ import base64
 import json
 import secrets
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import phonenumbers
@@ -78,7 +78,7 @@ def _ms(value: object, name: str) -> int:
 
 
 def _quarter(ms: int) -> str:
-    d = datetime.fromtimestamp(ms / 1000)
+    d = datetime.fromtimestamp(ms / 1000, tz=UTC)
     return f"{d.year}Q{(d.month - 1) // 3 + 1}"
 
 
