@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import mimetypes
@@ -139,6 +140,14 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
     )
     au.add_argument("--json", action="store_true")
 
+    k = sub.add_parser("keys", help="key transparency").add_subparsers(
+        dest="keys_command", required=True
+    )
+    kc = k.add_parser("check", help="check your account in the key directory")
+    kc.add_argument("--ack", action="store_true", help="acknowledge the devices now published")
+    kc.add_argument("--json", action="store_true")
+    k.add_parser("head", help="a short code of the log's signed head, to compare with others")
+
     h = sub.add_parser("history", help="local history of a chat")
     h.add_argument("chat", metavar="PHONE|GROUP")
     h.add_argument("--json", action="store_true")
@@ -200,7 +209,9 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
         return 0
     creating = args.command in ("register", "link")
     app = App(Profile(args.profile, _passphrase(creating)))
-    if args.command not in ("register", "verify", "link"):
+    if args.command not in ("register", "verify", "link", "keys"):
+        with contextlib.suppress(ParleyError):
+            await app.keys_check()  # self-monitoring at every start
         for warning in app.warnings():
             err.print(warning, style="yellow")
 
@@ -324,6 +335,21 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
                     f"Version {policy['version']}, verified against the transparency log."
                     + ("" if args.accept else " Accept it with 'parley policy --accept'.")
                 )
+        case "keys":
+            if args.keys_command == "head":
+                out.print(await app.keys_head())
+            else:
+                result = await app.keys_check(ack=args.ack)
+                if args.json:
+                    _print_json(result)
+                elif result["ok"]:
+                    out.print(
+                        f"Your keys are as you left them (devices {result['devices']}, directory epoch {result['epoch']})."
+                    )
+                for alarm in result["alarms"]:
+                    err.print(f"ALARM: {alarm}", markup=False)
+                if not result["ok"]:
+                    return 1
         case "history":
             entries = app.history(args.chat)
             if args.json:

@@ -37,6 +37,12 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--max-attachment-mb", type=float, default=100)
     p.add_argument("--registrations-per-ip-hour", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--maintenance-interval", type=float, default=60.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--kt-epoch-seconds",
+        type=float,
+        default=10.0,
+        help="key directory epoch interval (default 10)",
+    )
     args = p.parse_args(argv)
     data_dir: Path = args.data_dir.resolve()
     if not 0 < args.port < 65536:
@@ -58,6 +64,7 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         max_attachment_bytes=int(args.max_attachment_mb * 1024 * 1024),
         registrations_per_ip_hour=args.registrations_per_ip_hour,
         maintenance_interval_s=args.maintenance_interval,
+        kt_epoch_s=args.kt_epoch_seconds,
     )
 
 

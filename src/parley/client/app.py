@@ -27,6 +27,7 @@ from typing import Any
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
+from parley.client.kt import head_code, signed_head, verified_lookup
 from parley.client.store import Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.errors import DecryptionError, ParleyError, RemoteProtocolError, ServerError
@@ -248,6 +249,10 @@ class App:
                             f"compare it with 'parley safety-number {c.get('phone') or account}'"
                         )
                         c["notified"] = True
+                shown += [
+                    f"ALARM: {a}; check with 'parley keys check'"
+                    for a in state.get("kt", {}).get("alarms", [])
+                ]
                 if shown:
                     self.profile.save(state)
                 return shown
@@ -644,6 +649,57 @@ class App:
 
         return list(await self.run(act))
 
+    # -- key transparency: self-monitoring --------------------------------------------------------
+
+    async def keys_check(self, ack: bool = False) -> dict[str, Any]:
+        """Check this account's entry in the key directory against what this device knows:
+        its own identity key, and the devices the user linked. Anything else is an alarm,
+        kept and shown on every command until acknowledged (``ack``)."""
+
+        async def act(s: Session) -> dict[str, Any]:
+            published = await verified_lookup(s.api, s.device.account_id)
+            kt = s.state.setdefault(
+                "kt", {"devices": [s.device.device_id], "expected_links": 0, "alarms": []}
+            )
+            alarms: list[str] = []
+            if published["identity_key"] != s.device.identity.public.to_bytes():
+                alarms.append(
+                    "the key directory publishes an identity key for your account that is not yours"
+                )
+            known = set(kt["devices"])
+            new = sorted(set(published["devices"]) - known)
+            if new and len(new) <= kt["expected_links"]:
+                kt["expected_links"] -= len(new)  # devices this user linked
+                known |= set(new)
+                new = []
+            alarms += [f"device {d} was added to your account and you did not link it" for d in new]
+            if ack:
+                kt["devices"] = sorted(set(published["devices"]))
+                kt["alarms"] = [a for a in alarms if "identity key" in a]
+            else:
+                kt["devices"] = sorted(
+                    known & set(published["devices"])
+                    | (known - set(published["devices"])) - (known - set(published["devices"]))
+                )
+                kt["alarms"] = sorted(set(kt["alarms"]) | set(alarms))
+            kt["version"], kt["epoch"] = published["version"], published["epoch"]
+            return {
+                "ok": not kt["alarms"],
+                "alarms": kt["alarms"],
+                "devices": published["devices"],
+                "epoch": published["epoch"],
+                "version": published["version"],
+            }
+
+        return dict(await self.run(act))
+
+    async def keys_head(self) -> str:
+        async def act(s: Session) -> str:
+            head, _ = await signed_head(s.api)
+            return str(head_code(head))
+
+        return str(await self.run(act))
+
     # -- privacy policy ----------------------------------------------------------------------------
 
     async def policy(self, accept: bool) -> dict[str, Any]:
@@ -698,6 +754,10 @@ class App:
 
         async def act(s: Session) -> str:
             code = base64.b32encode(secrets.token_bytes(LINK_CODE_BYTES)).decode().rstrip("=")
+            kt = s.state.setdefault(
+                "kt", {"devices": [s.device.device_id], "expected_links": 0, "alarms": []}
+            )
+            kt["expected_links"] += 1
             lookup, key = _link_keys(code)
             payload = json.dumps(
                 {
@@ -738,6 +798,8 @@ class App:
             result = await api.link(
                 lookup, keys_json(device.signed_prekey, device.kem_last_resort, ot, kem)
             )
+            api.credential = result["credential"]
+            linked_devices = (await api.call("GET", "/v1/devices"))["devices"]
         finally:
             await api.close()
         device.account_id, device.device_id = result["account_id"], int(result["device_id"])
@@ -754,6 +816,8 @@ class App:
                     "groups": {},
                     "history": [],
                     "seen": [],
+                    # this device trusts the account's devices as they were when it joined
+                    "kt": {"devices": linked_devices, "expected_links": 0, "alarms": []},
                 }
             )
         return {

@@ -8,6 +8,7 @@ network fault is stored once (the server answers ``duplicate: true``). A
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -19,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
+from parley.client.kt import KeyTransparencyError, check_served_keys
 from parley.crypto.random import Random
 from parley.errors import RemoteProtocolError, ServerError
 from parley.protocol.keys import IdentityKeyPair
@@ -35,6 +37,7 @@ class Messenger:
     def __init__(self, api: ApiClient, state: DeviceState) -> None:
         self.api = api
         self.state = state
+        self._verified: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     @classmethod
     async def register(
@@ -80,9 +83,14 @@ class Messenger:
             if (account_id, d) != (self.account_id, self.state.device_id)
         ]
         for _ in range(MAX_STALE_RETRIES):
+            await self._check_keys(account_id, contact["identity_key"], contact["devices"])
             missing = [d for d in devices if not self.state.has_session(account_id, d)]
             if missing:
                 bundles: dict[str, Any] = await self.api.call("GET", f"/v1/keys/{account_id}")
+                if bundles["identity_key"] != contact["identity_key"]:
+                    raise KeyTransparencyError(
+                        "the server served two different identity keys for one account"
+                    )
                 for device in bundles["devices"]:
                     if device["device_id"] in missing:
                         self.state.start_session(account_id, bundles["identity_key"], device)
@@ -101,12 +109,21 @@ class Messenger:
             except ServerError as exc:
                 if exc.code != "stale_devices":
                     raise
+                contact = await self.api.call("GET", f"/v1/accounts/{account_id}")
                 extra = {int(d) for d in _int_list(exc.details.get("extra_devices"))}
                 missing_now = {int(d) for d in _int_list(exc.details.get("missing_devices"))}
                 for d in extra:
                     self.state.sessions.pop((account_id, d), None)
                 devices = sorted((set(devices) - extra) | missing_now)
         raise ServerError(409, "stale_devices", "the recipient's devices kept changing; try again")
+
+    async def _check_keys(self, account_id: str, identity_key: str, devices: list[int]) -> None:
+        """Key transparency: only keys the directory publishes (cached per state)."""
+        state = (identity_key, tuple(sorted(devices)))
+        if self._verified.get(account_id) == state:
+            return
+        await check_served_keys(self.api, account_id, base64.b64decode(identity_key), list(devices))
+        self._verified[account_id] = state
 
     async def send_text(
         self, account_id: str, text: str, client_id: str | None = None

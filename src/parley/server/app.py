@@ -38,6 +38,7 @@ from parley.server.handlers.accounts import AccountsHandler
 from parley.server.handlers.attachments import AttachmentsHandler
 from parley.server.handlers.groups import GroupsHandler
 from parley.server.handlers.keys import KeysHandler
+from parley.server.handlers.kt import KtHandler
 from parley.server.handlers.legal import LegalHandler
 from parley.server.handlers.messages import MessagesHandler
 from parley.server.handlers.moderation import ModerationHandler
@@ -51,6 +52,7 @@ from parley.server.storage.accounts import AccountStore, CodeStore, ConnectionLo
 from parley.server.storage.blobs import BlobStore
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.keys import KeyStore
+from parley.server.storage.kt import KtStore
 from parley.server.storage.legal import LegalStore
 from parley.server.storage.moderation import (
     AuditLog,
@@ -169,7 +171,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: PLR0915 - start-up, in order
         await db.migrate(engine)
         pepper = await load_or_create(engine, "pepper")
         franking_key = await load_or_create(engine, "franking")
@@ -260,6 +262,23 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         )
         checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
         standing_loop = asyncio.create_task(standing.refresh_loop())
+        kt_handler = KtHandler(
+            KtStore(engine),
+            await load_or_create(engine, "kt-index"),
+            staff_side.transparency,
+            now_ms,
+        )
+        await kt_handler.publish()
+        state["kt"] = kt_handler
+        previous_removed = accounts.on_device_removed
+
+        def keys_changed(account: str, device: int) -> None:
+            previous_removed(account, device)
+            kt_handler.request_epoch()
+
+        accounts.on_device_removed = keys_changed
+        accounts.on_keys_changed = kt_handler.request_epoch
+        kt_loop = asyncio.create_task(kt_handler.loop(config.kt_epoch_s))
         # Long-lived objects (routes, models, SQLAlchemy metadata) need no cycle
         # collection: freezing them keeps gen-2 pauses out of delivery latency.
         gc.collect()
@@ -276,6 +295,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             maintenance.cancel()
             checkpoints.cancel()
             standing_loop.cancel()
+            kt_loop.cancel()
             await fanout.close_all()
             await queue.close()
             await engine.dispose()

@@ -27,6 +27,7 @@ class ServerConfig:
     prekeys_low: int = 10
     delivery_window: int = 100
     maintenance_interval_s: float = 60.0
+    kt_epoch_s: float = 10.0
 
     @staticmethod
     def default_database_url(data_dir: Path) -> str:

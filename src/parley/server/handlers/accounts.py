@@ -104,6 +104,7 @@ class AccountsHandler:
         self._accounts_cache: dict[str, Account] = {}
         self.on_device_removed: Callable[[str, int], None] = lambda _a, _d: None
         self.check_login: Callable[[str], None] = lambda _a: None  # moderation (Standing)
+        self.on_keys_changed: Callable[[], None] = lambda: None  # key transparency (KtHandler)
 
     # -- registration ------------------------------------------------------------------
 
@@ -154,6 +155,7 @@ class AccountsHandler:
         )
         self._devices.pop(account_id, None)
         self._accounts_cache.pop(account_id, None)
+        self.on_keys_changed()
         await self._log_connection(account_id, ip)
         return Credentials(account_id, PRIMARY_DEVICE, token)
 
@@ -263,6 +265,7 @@ class AccountsHandler:
                 f"an account has at most {self._config.max_linked_devices} linked devices"
             )
         self._devices.pop(account_id, None)
+        self.on_keys_changed()
         await self._log_connection(account_id, ip)
         return Credentials(account_id, device_id, token), blob
 

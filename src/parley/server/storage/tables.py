@@ -286,4 +286,14 @@ policies = Table(
     Column("published_ms", BigInteger, nullable=False),
 )
 
+# -- key transparency (migration 0004) ---------------------------------------------------
+
+kt_state = Table(
+    "kt_state",
+    metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("value_hash", LargeBinary(32), nullable=False),
+)
+
 __all__ = ["UniqueConstraint", "metadata"]
