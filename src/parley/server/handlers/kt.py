@@ -82,6 +82,8 @@ class KtHandler:
             if changed:
                 await self._store.save(changed, [])
             root = self._tree.commit()
+            if self.log_index is None:
+                await self._resume()
             if root != self.root or self.log_index is None:
                 self.epoch += 1
                 self.root = root
@@ -95,18 +97,31 @@ class KtHandler:
                 "changed": len(changed),
             }
 
+    async def _resume(self) -> None:
+        """After a restart, continue from the last logged epoch (no epoch without a change)."""
+        head = await self._log.head()
+        start = max(0, head.size - 1000)
+        for entry in reversed(await self._log.entries(start, head.size)):
+            if entry["kind"] == "kt_epoch":
+                self.epoch = int(entry["body"]["epoch"])
+                self.root = bytes.fromhex(entry["body"]["root"])
+                self.log_index = int(entry["index"])
+                return
+
     async def loop(self, interval_s: float) -> None:
+        """Publish every ``interval_s``, or soon after a key change (the first epoch is
+        published at start-up by the caller)."""
         while True:
-            try:
-                await self.publish()
-            except Exception as exc:
-                log.warning("key directory epoch failed: %s", type(exc).__name__)
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), interval_s)
                 await asyncio.sleep(0.05)  # gather a burst of changes into one epoch
             except TimeoutError:
                 pass
+            try:
+                await self.publish()
+            except Exception as exc:
+                log.warning("key directory epoch failed: %s", type(exc).__name__)
 
     def lookup(self, account_id: str) -> dict[str, Any]:
         """The published state of an account with its proof (no other account named)."""
