@@ -9,7 +9,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parley.bench")
-    parser.add_argument("suite", choices=["protocol", "server"])
+    parser.add_argument("suite", choices=["protocol", "server", "kt"])
     parser.add_argument(
         "--connections", type=int, default=1000, help="server: websocket connections to hold"
     )
@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from parley.bench.protocol import run
 
         result = run(quick=args.quick)
+    elif args.suite == "kt":
+        from parley.bench.kt import run as run_kt
+
+        result = run_kt(quick=args.quick)
     else:
         from parley.bench.server import run as run_server
 
