@@ -115,7 +115,7 @@ def build_public_router(
     async def kt_lookup(account_id: str, request: Request) -> dict[str, Any]:
         """An account's keys as published in the key directory, with the proof."""
         kt_handler = request.app.state.parley["kt"]
-        return dict(kt_handler.lookup(account_id))
+        return dict(await kt_handler.lookup(account_id))
 
     @router.get("/v1/policy", tags=["transparency"])
     async def policy() -> dict[str, Any]:

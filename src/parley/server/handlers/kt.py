@@ -123,8 +123,15 @@ class KtHandler:
             except Exception as exc:
                 log.warning("key directory epoch failed: %s", type(exc).__name__)
 
-    def lookup(self, account_id: str) -> dict[str, Any]:
-        """The published state of an account with its proof (no other account named)."""
+    async def lookup(self, account_id: str) -> dict[str, Any]:
+        """The published state of an account with its proof (no other account named).
+
+        Taken under the epoch lock: while an epoch is being built the tree holds
+        leaves of the next epoch, and a proof must match the root it is served with."""
+        async with self._lock:
+            return self._lookup(account_id)
+
+    def _lookup(self, account_id: str) -> dict[str, Any]:
         state = self._published.get(account_id)
         index = kt.index_of(self._secret, account_id)
         found = self._tree.prove(index)
