@@ -69,6 +69,10 @@ def run(*, quick: bool = False) -> dict[str, Any]:
         **big,
         "runs": runs,
         "targets": {"verify_ms": 2, "proof_bytes": 2048, "epoch_publish_s_for_10000_changed": 2},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "note": "verify_ms is the directory proof; a client also checks one RFC 6962 inclusion proof of the epoch root and one signed head per lookup",
     }

@@ -68,13 +68,10 @@ class KtHandler:
                     version += 1
                     current = kt.value_hash(account, version, identity, devices)
                     changed[account] = (version, current)
-                self._published[account] = (
-                    changed.get(account, (version,))[0],
-                    current,
-                    identity,
-                    devices,
-                )
-                self._tree.set(kt.index_of(self._secret, account), current)
+                previous = self._published.get(account)
+                self._published[account] = (version, current, identity, devices)
+                if previous is None or previous[1] != current:  # rehash changed paths only
+                    self._tree.set(kt.index_of(self._secret, account), current)
             # Deleted accounts keep their last leaf (history is append-only); they no longer resolve.
             removed = [a for a in stored if a not in states]
             for a in removed:
