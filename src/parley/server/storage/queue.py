@@ -230,6 +230,9 @@ class MessageQueue:
     ) -> tuple[list[QueuedMessage], int | None]:
         """Like ``pending``, plus the id of the last row read, or None if fewer than
         ``limit`` rows were left (the queue is drained up to now)."""
+        # Snapshot first: a delete can commit (and leave ``_deleting``) while the
+        # query runs, and the query may still have seen the row.
+        excluded = set(self._deleting)
         async with self._engine.connect() as conn:
             rows = await conn.execute(
                 select(messages)
@@ -244,7 +247,8 @@ class MessageQueue:
             )
             raw = rows.all()
         last = raw[-1].id if len(raw) == limit else None
-        return [_to_message(r) for r in raw if r.guid not in self._deleting], last
+        excluded |= self._deleting
+        return [_to_message(r) for r in raw if r.guid not in excluded], last
 
     async def prune(self, now_ms: int, sent_key_before_ms: int) -> int:
         async with self._engine.begin() as conn:
