@@ -107,14 +107,15 @@ class KtHandler:
 
     async def loop(self, interval_s: float) -> None:
         """Publish every ``interval_s``, or soon after a key change (the first epoch is
-        published at start-up by the caller)."""
+        published at start-up by the caller). The wake flag is cleared *before* an
+        epoch reads the database, so a change made during an epoch gets the next one."""
         while True:
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), interval_s)
                 await asyncio.sleep(0.05)  # gather a burst of changes into one epoch
             except TimeoutError:
                 pass
+            self._wake.clear()
             try:
                 await self.publish()
             except Exception as exc:
