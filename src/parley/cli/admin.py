@@ -165,7 +165,7 @@ async def _local(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - o
                 "credential": credential,
             }
         staff = await local.staff()
-        actor = f"{staff.role}:{staff.id}:{staff.name}"
+        actor = staff.actor
         legal = local.side.legal
         match args.command:
             case "audit":

@@ -11,7 +11,6 @@ proves the server showed two different logs (a fork).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from parley.client.api import ApiClient
+from parley.client.api import b64d as _b
 from parley.errors import InvalidSignature, ParleyError, ServerError
 from parley.translog import merkle
 from parley.translog.heads import TreeHead
@@ -26,10 +26,6 @@ from parley.translog.heads import TreeHead
 
 class AuditFailed(ParleyError):
     code = "audit_failed"
-
-
-def _b(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 def head_code(size: int, root: bytes) -> str:

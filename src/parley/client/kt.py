@@ -11,11 +11,11 @@ what the directory publishes (after a short grace for an epoch in progress).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from typing import Any
 
 from parley.client.api import ApiClient
+from parley.client.api import b64d as _b
 from parley.errors import ParleyError, RemoteProtocolError
 from parley.translog import directory, merkle
 from parley.translog.heads import TreeHead
@@ -25,10 +25,6 @@ GRACE_S = 3.0
 
 class KeyTransparencyError(ParleyError):
     code = "key_transparency"
-
-
-def _b(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 async def signed_head(api: ApiClient) -> tuple[TreeHead, bytes]:

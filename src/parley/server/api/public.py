@@ -1,6 +1,5 @@
 """Public transparency routes (no credentials) and the staff routes for lawful requests."""
 
-import base64
 import hashlib
 from typing import Annotated, Any
 
@@ -9,6 +8,7 @@ from fastapi.responses import HTMLResponse
 
 from parley.errors import BadRequest, NotFound
 from parley.server.api.schemas import Body, b64
+from parley.server.api.schemas import enc as _e
 from parley.server.handlers.legal import LegalHandler
 from parley.server.handlers.moderation import ModerationHandler
 from parley.server.handlers.report_page import aggregate, render_html
@@ -29,10 +29,6 @@ class RefuseIn(Body):
 
 class PolicyIn(Body):
     text: str
-
-
-def _e(b: bytes) -> str:
-    return base64.b64encode(b).decode()
 
 
 def current_quarter(ms: int) -> str:
@@ -153,7 +149,7 @@ def build_public_router(
         _legal(member)
         return {
             "id": await legal.add_authority(
-                f"{member.role}:{member.id}:{member.name}",
+                member.actor,
                 body.name,
                 body.jurisdiction,
                 b64(body.public_key, "public_key", 32),
@@ -163,7 +159,7 @@ def build_public_router(
     @router.delete("/v1/admin/authorities/{name}", tags=["admin"])
     async def revoke_authority(name: str, member: StaffMember) -> dict[str, Any]:
         _legal(member)
-        await legal.revoke_authority(f"{member.role}:{member.id}:{member.name}", name)
+        await legal.revoke_authority(member.actor, name)
         return {"revoked": name}
 
     @router.post("/v1/admin/legal", tags=["admin"])

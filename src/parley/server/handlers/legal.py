@@ -188,7 +188,7 @@ class LegalHandler:
             }
         )
         await self._audit.append(
-            self._actor(staff),
+            staff.actor,
             "legal.submit",
             request_id,
             {"status": status, "reason": reason},
@@ -259,7 +259,7 @@ class LegalHandler:
         if request is None:
             raise NotFound("no such request")
         if audit:
-            await self._audit.append(self._actor(staff), "legal.show", request_id, {}, self._now())
+            await self._audit.append(staff.actor, "legal.show", request_id, {}, self._now())
         return request
 
     async def approve(self, staff: Staff, request_id: str) -> dict[str, Any]:
@@ -276,7 +276,7 @@ class LegalHandler:
         ):
             raise Conflict("the request changed meanwhile; try again")
         await self._audit.append(
-            self._actor(staff),
+            staff.actor,
             "legal.approve",
             request_id,
             {"approvals": len(approvals)},
@@ -306,7 +306,7 @@ class LegalHandler:
         ):
             raise Conflict("the request changed meanwhile; try again")
         await self._audit.append(
-            self._actor(staff), "legal.refuse", request_id, {"reason": reason[:1000]}, self._now()
+            staff.actor, "legal.refuse", request_id, {"reason": reason[:1000]}, self._now()
         )
         await self._log.append(
             "legal_decision",
@@ -333,7 +333,7 @@ class LegalHandler:
         end = min(_ms(order["time_range"]["to"], "to"), now)
         package = await build(self._reader, self._key, request, (start, end), now)
         await self._audit.append(
-            self._actor(staff), "legal.export", request_id, {"granted": request["granted"]}, now
+            staff.actor, "legal.export", request_id, {"granted": request["granted"]}, now
         )
         return package
 
@@ -374,7 +374,3 @@ class LegalHandler:
     def _require(staff: Staff, roles: tuple[str, ...]) -> None:
         if staff.role not in roles:
             raise Forbidden(f"the {staff.role} role cannot do this")
-
-    @staticmethod
-    def _actor(staff: Staff) -> str:
-        return f"{staff.role}:{staff.id}:{staff.name}"

@@ -91,18 +91,15 @@ class ModerationHandler:
         """Refuse a staff member without the role; the refused attempt is audited too."""
         if staff.role not in roles:
             await self._audit.append(
-                self._actor(staff), "denied", target, {"attempted": what}, self._now()
+                staff.actor, "denied", target, {"attempted": what}, self._now()
             )
             raise Forbidden(f"the {staff.role} role cannot {what}")
-
-    def _actor(self, staff: Staff) -> str:
-        return f"{staff.role}:{staff.id}:{staff.name}"
 
     async def list_reports(self, staff: Staff, status: str | None) -> list[dict[str, Any]]:
         await self._require(staff, READERS, "read reports", status or "all")
         found = await self._reports.list(status)
         await self._audit.append(
-            self._actor(staff), "reports.list", status or "all", {"count": len(found)}, self._now()
+            staff.actor, "reports.list", status or "all", {"count": len(found)}, self._now()
         )
         return [{k: v for k, v in r.items() if k != "messages"} for r in found]
 
@@ -111,7 +108,7 @@ class ModerationHandler:
         report = await self._reports.get(report_id)
         if report is None:
             raise NotFound("no such report")
-        await self._audit.append(self._actor(staff), "reports.show", report_id, {}, self._now())
+        await self._audit.append(staff.actor, "reports.show", report_id, {}, self._now())
         return report
 
     async def resolve(self, staff: Staff, report_id: str, action: str, note: str) -> dict[str, Any]:
@@ -129,7 +126,7 @@ class ModerationHandler:
             until = now + SUSPEND_DAYS * 86_400_000 if action == "suspend" else None
             await self._status.set(target, STATUS_FOR[action], until)
         await self._audit.append(
-            self._actor(staff),
+            staff.actor,
             "reports.resolve",
             report_id,
             {"action": action, "account": target, "note": note[:1000]},
@@ -173,7 +170,7 @@ class ModerationHandler:
             raise NotFound("the sender is no longer in that group")
         await self._groups.remove(report["group"], report["sender_account"])
         await self._audit.append(
-            self._actor(staff),
+            staff.actor,
             "groups.remove_member",
             report["group"],
             {"account": report["sender_account"], "report": report_id},
@@ -190,6 +187,6 @@ class ModerationHandler:
         entries = await self._audit.entries()
         intact = await self._audit.verify()
         await self._audit.append(
-            self._actor(staff), "audit.list", "audit_log", {"count": len(entries)}, self._now()
+            staff.actor, "audit.list", "audit_log", {"count": len(entries)}, self._now()
         )
         return {"entries": entries, "chain_intact": intact}

@@ -320,12 +320,3 @@ class ConnectionLog:
                 delete(connection_log).where(connection_log.c.at_ms < before_ms)
             )
         return int(result.rowcount)
-
-    async def entries(self, account_id: str) -> list[tuple[str, int]]:
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(connection_log.c.ip, connection_log.c.at_ms)
-                .where(connection_log.c.account_id == account_id)
-                .order_by(connection_log.c.at_ms)
-            )
-            return [(r.ip, r.at_ms) for r in rows]

@@ -26,6 +26,11 @@ class Staff:
     name: str
     role: str
 
+    @property
+    def actor(self) -> str:
+        """How the audit log names this staff member."""
+        return f"{self.role}:{self.id}:{self.name}"
+
 
 class StaffStore:
     def __init__(self, engine: AsyncEngine) -> None:
