@@ -29,11 +29,16 @@ from dataclasses import dataclass
 from parley.crypto.primitives import constant_time_equal, hmac_sha256
 from parley.errors import FrankingError
 from parley.protocol.codec import Writer
-from parley.protocol.wire import MAX_CONTROL, MAX_TEXT, Content
+from parley.protocol.wire import MAX_ATTACHMENTS, MAX_CONTROL, MAX_TEXT, Content
 
 _COMMIT_LABEL = b"parley/franking/v1/commitment"
 _TAG_LABEL = b"parley/franking/v1/server-tag"
 MAX_PARTY = 256
+# The latest send time a message may carry. The wire has a u64, but a report
+# travels as JSON and is stored in SQL, whose integers stop at 2**63 - 1: a
+# receiver refuses what a report could not carry, so no message it shows is
+# unreportable.
+MAX_SENT_AT_MS = 2**63 - 1
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
@@ -108,9 +113,25 @@ def commit(content: Content, sender: str, conversation: str) -> bytes:
     return Opening.of(content, sender, conversation).commitment()
 
 
+def check_reportable(opening: Opening) -> None:
+    """What a message may carry, decided once for the receiver (which refuses the
+    rest before showing it) and the server (which accepts exactly this in reports).
+    ``FrankingError`` names what is out of bounds."""
+    if not 0 <= opening.sent_at_ms <= MAX_SENT_AT_MS:
+        raise FrankingError("the send time is out of range")
+    if len(opening.attachment_digests) > MAX_ATTACHMENTS:
+        raise FrankingError(f"more than {MAX_ATTACHMENTS} attachments")
+    if len(opening.franking_key) != 32:
+        raise FrankingError("the franking key must be 32 bytes")
+    opening.franked_bytes()  # every other bound
+
+
 def check_commitment(content: Content, sender: str, conversation: str, commitment: bytes) -> None:
-    """The receiver's check after decrypting; ``FrankingError`` on mismatch."""
-    if not constant_time_equal(commit(content, sender, conversation), commitment):
+    """The receiver's check after decrypting; ``FrankingError`` on a mismatch or on a
+    message a report could not carry (``check_reportable``)."""
+    opening = Opening.of(content, sender, conversation)
+    check_reportable(opening)
+    if not constant_time_equal(opening.commitment(), commitment):
         raise FrankingError("franking commitment does not match the message")
 
 
@@ -127,6 +148,7 @@ def verify_report(
     server_key: bytes, opening: Opening, commitment: bytes, time_ms: int, tag: bytes
 ) -> None:
     """Server-side check of a reported message; ``FrankingError`` names what failed."""
+    check_reportable(opening)
     if not constant_time_equal(opening.commitment(), commitment):
         raise FrankingError("the opening does not match the commitment")
     expected = server_tag(server_key, commitment, opening.sender, opening.conversation, time_ms)
