@@ -29,12 +29,30 @@ HOSTILE = [
 ]
 
 # What must never reach a terminal raw.
-_STEERING = {"\x1b", "\x9b", "\r", "\x08", "\x00", "\x07", "\x7f", "\u202e", "\u2066", "\u200f", "\u2028"}
+_STEERING = {
+    "\x1b",
+    "\x9b",
+    "\r",
+    "\x08",
+    "\x00",
+    "\x07",
+    "\x7f",
+    "\u202e",
+    "\u2066",
+    "\u200f",
+    "\u2028",
+}
 
 
 def assert_shown_safely(output: str, texts: list[str], multiline: bool = False) -> None:
     """No steering character in ``output``, and each text's visible form is in it."""
-    bad = sorted({f"U+{ord(c):04X}" for c in output if c in _STEERING or unicodedata.category(c) == "Cc" and c not in "\n\t"})
+    bad = sorted(
+        {
+            f"U+{ord(c):04X}"
+            for c in output
+            if c in _STEERING or (unicodedata.category(c) == "Cc" and c not in "\n\t")
+        }
+    )
     assert not bad, f"raw control characters reached the output: {bad}"
     for text in texts:
         shown = visible(text, multiline)

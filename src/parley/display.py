@@ -68,9 +68,11 @@ def _pieces(text: str, multiline: bool) -> list[tuple[str, bool]]:
 def visible(text: object, multiline: bool = False) -> str:
     """``text`` with every character that could steer a terminal shown as an escape."""
     value = text if isinstance(text, str) else str(text)
-    if value.isprintable() and (multiline or ("\n" not in value and "\t" not in value)):
-        if not (_BIDI.intersection(value) or _SEPARATORS.intersection(value)):
-            return value
+    plain = value.isprintable() and not (
+        _BIDI.intersection(value) or _SEPARATORS.intersection(value)
+    )
+    if plain and (multiline or ("\n" not in value and "\t" not in value)):
+        return value
     return "".join(piece for piece, _ in _pieces(value, multiline))
 
 
