@@ -1,5 +1,6 @@
 """Every published RFC 6962 inclusion and consistency case (transparency-dev/merkle
-testdata, in ../shared/vectors/rfc6962/): wantErr false accepted, wantErr true rejected."""
+testdata, vendored in tests/vectors/rfc6962/, see tests/vectors/README.md): wantErr
+false accepted, wantErr true rejected."""
 
 from __future__ import annotations
 
@@ -12,25 +13,18 @@ import pytest
 from parley.translog import merkle
 from parley.translog.merkle import ProofError
 
-# shared/ lies beside the repository (in the workspace and in CI's clone).
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "rfc6962"
+# Vendored in the repository, so every clone runs them (they never skip).
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc6962"
 
 
 def _cases(kind: str) -> list[Path]:
-    return sorted((VECTORS / kind).rglob("*.json")) if VECTORS.is_dir() else []
+    return sorted((VECTORS / kind).rglob("*.json"))
 
 
 def _b(value: str | None) -> bytes:
     return base64.b64decode(value) if value else b""
 
 
-skip = pytest.mark.skipif(
-    not VECTORS.is_dir(),
-    reason=f"RFC 6962 vectors not found at {VECTORS} (shared/ is laid beside the repository)",
-)
-
-
-@skip
 @pytest.mark.parametrize("path", _cases("inclusion"), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_inclusion_vector(path: Path) -> None:
     case = json.loads(path.read_text())
@@ -48,7 +42,6 @@ def test_inclusion_vector(path: Path) -> None:
         verify()
 
 
-@skip
 @pytest.mark.parametrize("path", _cases("consistency"), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_consistency_vector(path: Path) -> None:
     case = json.loads(path.read_text())
@@ -66,10 +59,13 @@ def test_consistency_vector(path: Path) -> None:
         verify()
 
 
-def test_the_vectors_are_there_in_this_workspace() -> None:
-    if not VECTORS.is_dir():
-        pytest.skip(f"RFC 6962 vectors not found at {VECTORS}")
-    assert len(_cases("inclusion")) > 50 and len(_cases("consistency")) > 50
+def test_the_vendored_vectors_are_all_there() -> None:
+    """A missing or emptied vector folder fails instead of silently running nothing."""
+    inclusion, consistency = _cases("inclusion"), _cases("consistency")
+    assert len(inclusion) == 98 and len(consistency) == 98, (len(inclusion), len(consistency))
+    assert (VECTORS / "LICENSE").read_text().split()[:2] == ["Apache", "License"]
+    for path in inclusion + consistency:
+        assert isinstance(json.loads(path.read_text())["wantErr"], bool), path
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 8, 13, 31, 64])
