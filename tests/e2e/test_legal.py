@@ -243,6 +243,31 @@ async def test_invalid_orders_are_refused_with_the_right_reason(
     assert refused.returncode == 0 and legal.show(first["id"])["status"] == "refused"
 
 
+async def test_replayed_order_is_not_counted_as_a_second_request(
+    sqlite_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Re-submitting a signed order is refused as a replay and logged, but the
+    transparency report counts it under "replays", not as another request."""
+    server = sqlite_server
+    legal = Legal(server, tmp_path)
+    target = await register(server)
+    phone = (await target.api.call("GET", "/v1/accounts/me"))["phone"]
+    assert legal.submit(order(phone, "R-1"))["status"] == "pending"
+    for _ in range(2):
+        replay = legal.submit(order(phone, "R-1"))
+        assert replay["status"] == "refused" and "replay" in replay["reason"]
+    data = httpx.get(server.url + "/transparency.json").json()
+    assert data["totals"]["requests"] == 1 and data["totals"]["pending"] == 1
+    assert data["totals"]["refused"] == 0 and data["totals"]["replays"] == 2
+    assert data["by_country"]["DE"]["replays"] == 2
+    assert data["by_category"]["fraud"]["requests"] == 1
+    page = httpx.get(server.url + "/transparency").text
+    assert "1 lawful requests" in page and "2 replays" in page
+    entries = httpx.get(server.url + "/v1/transparency/entries").json()["entries"]
+    logged = [e["body"] for e in entries if e["kind"] == "legal_request"]
+    assert [b.get("replay", False) for b in logged] == [False, True, True]  # still logged
+
+
 async def test_non_disclosure_date_delays_the_users_notice(
     server: ServerProcess, legal: Legal
 ) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 from pathlib import Path
 
+from parley.server import logs
 from parley.server.config import DAY_MS, ServerConfig
 
 
@@ -38,6 +38,13 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--registrations-per-ip-hour", type=int, default=100, help=argparse.SUPPRESS)
     p.add_argument("--maintenance-interval", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="level of parley's own log (default info); the log never holds an address, "
+        "phone number, account or message id, or credential",
+    )
+    p.add_argument(
         "--kt-epoch-seconds",
         type=float,
         default=10.0,
@@ -65,6 +72,7 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         registrations_per_ip_hour=args.registrations_per_ip_hour,
         maintenance_interval_s=args.maintenance_interval,
         kt_epoch_s=args.kt_epoch_seconds,
+        log_level=args.log_level,
     )
 
 
@@ -77,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             f"parley-server: cannot create data directory {config.data_dir}: {exc.strerror}\n"
         )
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure(config.log_level)  # before anything logs: see server/logs.py
     import uvicorn
 
     from parley.server.app import create_app
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         host=config.host,
         port=config.port,
         access_log=False,  # an access log would be a record of who fetched whose keys
+        log_config=None,  # keep logs.configure(): one handler, behind the privacy filter
         ws="websockets-sansio",
         ws_max_size=64 * 1024,
         ws_per_message_deflate=False,  # ciphertext does not compress; deflate only costs CPU

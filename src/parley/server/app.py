@@ -283,12 +283,8 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         # collection: freezing them keeps gen-2 pauses out of delivery latency.
         gc.collect()
         gc.freeze()
-        log.info(
-            "parley-server %s ready on %s (%s)",
-            __version__,
-            f"{config.host}:{config.port}",
-            engine.dialect.name,
-        )
+        # no host here: the log names no address (server/logs.py)
+        log.info("parley-server %s ready (%s database)", __version__, engine.dialect.name)
         try:
             yield
         finally:

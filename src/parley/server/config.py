@@ -28,6 +28,7 @@ class ServerConfig:
     delivery_window: int = 100
     maintenance_interval_s: float = 60.0
     kt_epoch_s: float = 10.0
+    log_level: str = "info"  # Parley's own loggers; see server/logs.py
 
     @staticmethod
     def default_database_url(data_dir: Path) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from parley.protocol.franking import Opening
+from parley.protocol.wire import MAX_CONTROL
 from parley.server.api import schemas as s
 from parley.server.api.schemas import b64
 from parley.server.handlers.accounts import AccountsHandler, Principal
@@ -23,7 +24,7 @@ def _revealed(m: s.ReportMessageIn) -> RevealedMessage:
         sent_at_ms=m.sent_at_ms,
         text=m.text,
         attachment_digests=tuple(b64(d, "attachment digest", 32) for d in m.attachment_digests),
-        control=b64(m.control, "control", max_length=65_536),
+        control=b64(m.control, "control", max_length=MAX_CONTROL),
     )
     return RevealedMessage(
         opening, b64(m.commitment, "commitment", 32), m.server_ms, b64(m.tag, "tag", 32)
@@ -49,16 +50,18 @@ def build_admin_router(
     StaffMember = Annotated[Staff, Depends(staff)]  # noqa: N806
 
     @router.post("/reports", tags=["reports"])
-    async def report(body: s.ReportIn, who: User) -> s.IdOut:
-        """Report a message with its franking opening (and up to five before it)."""
+    async def report(body: s.ReportIn, who: User) -> s.ReportOut:
+        """Report a message with its franking opening, after up to five before it
+        (delivery order, the reported message last). Reporting a message again
+        returns the existing report."""
         attachments = [
             RevealedAttachment(a.id, b64(a.key, "key", 32), b64(a.digest, "digest", 32))
             for a in body.attachments
         ]
-        report_id = await reports.submit(
+        done = await reports.submit(
             who, body.category, body.comment, [_revealed(m) for m in body.messages], attachments
         )
-        return s.IdOut(id=report_id)
+        return s.ReportOut(id=done.id, existing=done.existing)
 
     @router.get("/notices", tags=["reports"])
     async def my_notices(who: User) -> s.NoticesOut:

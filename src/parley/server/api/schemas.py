@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley.errors import BadRequest
+from parley.protocol.franking import MAX_PARTY, MAX_SENT_AT_MS
+from parley.protocol.wire import MAX_ATTACHMENT_ID, MAX_ATTACHMENTS, MAX_CONTROL, MAX_TEXT
+from parley.server.handlers.reports import MAX_COMMENT, MAX_CONTEXT
 
 U32 = 2**32 - 1
 
@@ -214,34 +218,117 @@ class AttachmentOut(BaseModel):
     expires_ms: int
 
 
+# Report bounds come from what a receiver accepts (``franking.check_reportable``),
+# so every message a client shows can be reported. Text is bounded here in
+# characters; the franking check bounds its UTF-8 bytes to MAX_TEXT.
+MAX_REPORT_MESSAGES = 1 + MAX_CONTEXT  # the reported message and at most five before it
+MAX_CONTROL_B64 = 4 * math.ceil(MAX_CONTROL / 3)
+_B64_32 = 44  # base64 of a 32-byte key, digest, commitment or tag
+
+
 class ReportMessageIn(Body):
-    franking_key: str = Field(max_length=64)
-    sender: str = Field(max_length=64)
-    conversation: str = Field(max_length=200)
-    sent_at_ms: int = Field(ge=0, le=2**63 - 1)
-    text: str = Field(max_length=70_000)
-    attachment_digests: list[str] = Field(default_factory=list, max_length=32)
-    control: str = Field(default="", max_length=90_000)
-    commitment: str = Field(max_length=64)
-    server_ms: int = Field(ge=0, le=2**63 - 1)
-    tag: str = Field(max_length=64)
+    franking_key: str = Field(max_length=_B64_32)
+    sender: str = Field(max_length=MAX_PARTY)
+    conversation: str = Field(max_length=MAX_PARTY)
+    sent_at_ms: int = Field(ge=0, le=MAX_SENT_AT_MS)
+    text: str = Field(max_length=MAX_TEXT)
+    attachment_digests: list[str] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+    control: str = Field(default="", max_length=MAX_CONTROL_B64)
+    commitment: str = Field(max_length=_B64_32)
+    server_ms: int = Field(ge=0, le=MAX_SENT_AT_MS)
+    tag: str = Field(max_length=_B64_32)
 
 
 class ReportAttachmentIn(Body):
-    id: str = Field(max_length=128)
-    key: str = Field(max_length=64)
-    digest: str = Field(max_length=64)
+    id: str = Field(max_length=MAX_ATTACHMENT_ID)
+    key: str = Field(max_length=_B64_32)
+    digest: str = Field(max_length=_B64_32)
 
 
 class ReportIn(Body):
     category: str = Field(max_length=16)
-    comment: str = Field(default="", max_length=1000)
-    messages: list[ReportMessageIn] = Field(min_length=1, max_length=6)
-    attachments: list[ReportAttachmentIn] = Field(default_factory=list, max_length=32)
+    comment: str = Field(default="", max_length=MAX_COMMENT)
+    messages: list[ReportMessageIn] = Field(
+        min_length=1,
+        max_length=MAX_REPORT_MESSAGES,
+        description="in delivery order, oldest first; the reported message is the last",
+    )
+    attachments: list[ReportAttachmentIn] = Field(default_factory=list, max_length=MAX_ATTACHMENTS)
+
+
+def _field(name: str, value: int) -> int:
+    """A field's name, quotes, colon and comma, two optional spaces, and its value."""
+    return len(name) + 6 + value
+
+
+def _text(max_bytes: int) -> int:
+    """A JSON string of at most ``max_bytes`` UTF-8 bytes: JSON spends at most 6
+    bytes on one byte (a control character as ``\\u0001``; an escaped character
+    outside ASCII costs 6 or 12 for its 2 to 4 bytes)."""
+    return 2 + 6 * max_bytes
+
+
+def _chars(max_chars: int) -> int:
+    """A JSON string of at most ``max_chars`` characters (12 bytes for one outside the BMP)."""
+    return 2 + 12 * max_chars
+
+
+def _list(items: int, item: int) -> int:
+    return 2 + items * (item + 2)
+
+
+def _worst_report_body() -> int:
+    """The largest ``ReportIn`` body a client may send, from the bounds a receiver
+    enforces (``franking.check_reportable``): text of MAX_TEXT bytes, control of
+    MAX_CONTROL bytes (base64, never escaped), MAX_ATTACHMENTS digests, sender and
+    conversation of MAX_PARTY bytes; six messages, MAX_ATTACHMENTS attachments and
+    a comment of MAX_COMMENT characters. ``tests/server/test_report_body_limit.py``
+    encodes such a report and checks it fits."""
+    number = 20
+    message = 2 + sum(
+        (
+            _field("franking_key", 2 + _B64_32),
+            _field("sender", _text(MAX_PARTY)),
+            _field("conversation", _text(MAX_PARTY)),
+            _field("sent_at_ms", number),
+            _field("text", _text(MAX_TEXT)),
+            _field("attachment_digests", _list(MAX_ATTACHMENTS, 2 + _B64_32)),
+            _field("control", 2 + MAX_CONTROL_B64),
+            _field("commitment", 2 + _B64_32),
+            _field("server_ms", number),
+            _field("tag", 2 + _B64_32),
+        )
+    )
+    attachment = 2 + sum(
+        (
+            _field("id", _text(MAX_ATTACHMENT_ID)),
+            _field("key", 2 + _B64_32),
+            _field("digest", 2 + _B64_32),
+        )
+    )
+    return 2 + sum(
+        (
+            _field("category", _chars(16)),
+            _field("comment", _chars(MAX_COMMENT)),
+            _field("messages", _list(MAX_REPORT_MESSAGES, message)),
+            _field("attachments", _list(MAX_ATTACHMENTS, attachment)),
+        )
+    )
+
+
+# The body limit of ``POST /v1/reports`` (``app.BodyLimit``).
+MAX_REPORT_BODY = _worst_report_body()
 
 
 class IdOut(BaseModel):
     id: str
+
+
+class ReportOut(BaseModel):
+    id: str
+    existing: bool = Field(
+        description="true when this reporter had already reported this message: its report"
+    )
 
 
 class NoticesOut(BaseModel):

@@ -59,7 +59,7 @@ class GroupsHandler:
         if len(members) >= MAX_MEMBERS:
             raise BadRequest(f"a group has at most {MAX_MEMBERS} members")
         await self._accounts.account(account_id)
-        await self._groups.add(group_id, account_id)
+        await self._groups.add(group_id, account_id, self._now())
 
     async def remove(self, who: Principal, group_id: str, account_id: str) -> None:
         members = await self.members(who, group_id)
@@ -67,7 +67,7 @@ class GroupsHandler:
             raise Forbidden("only a group admin can remove other members")
         if account_id not in members:
             raise NotFound("not a member")
-        await self._groups.remove(group_id, account_id)
+        await self._groups.remove(group_id, account_id, self._now())
 
     async def mine(self, who: Principal) -> list[tuple[str, dict[str, bool]]]:
         return [

@@ -5,10 +5,12 @@ canonical JSON) with a key an operator registered. ``submit`` checks, in this
 order, and records a refusal with its reason at the first failure: the order's
 shape, the signature, a known and unrevoked authority of the stated
 jurisdiction, the dates (issued, not expired), that the order id was never
-seen (no replay), and that the target is an account. Of the requested data
-only ``phone_number`` and ``ip_addresses`` can be granted; anything else
-(messages, contacts, groups, keys, reports...) is refused for that part with a
-recorded reason, and the rest goes on. Two different staff with the legal role
+seen (no replay), and that the target is an account. A replay is logged
+like any refusal, marked ``"replay": true``, and the transparency report
+counts it apart from requests (it is the same order again, not a new one).
+Of the requested data only ``phone_number`` and ``ip_addresses`` can be
+granted; anything else (messages, contacts, groups, keys, reports...) is
+refused for that part with a recorded reason, and the rest goes on. Two different staff with the legal role
 must approve, or one refuses. Every request and decision is appended to the
 public transparency log without personal data, and every staff step to the
 audit log. When an approved order's non-disclosure date passes (or at once if
@@ -63,6 +65,8 @@ WHY_NOT = {
     "reports": "abuse reports are not disclosable under Parley's policy",
 }
 APPROVALS_NEEDED = 2
+# A re-submitted order: refused, logged, and counted as a replay, not as a request.
+REPLAY = "replay: this order id was already submitted"
 
 
 def _ms(value: object, name: str) -> int:
@@ -206,6 +210,7 @@ class LegalHandler:
                 "refusal": reason if reason else None,
                 "refused_parts": sorted(refused),
                 "accounts": 1 if target else 0,
+                **({"replay": True} if reason == REPLAY else {}),
             },
         )
         return await self.show(staff, request_id, audit=False)
@@ -240,7 +245,7 @@ class LegalHandler:
         if expires <= now:
             return "the order has expired"
         if await self._store.order_seen(str(order["order_id"])):
-            return "replay: this order id was already submitted"
+            return REPLAY
         return None
 
     async def _target(self, raw: object) -> str | None:

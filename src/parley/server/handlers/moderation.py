@@ -168,7 +168,7 @@ class ModerationHandler:
         members = await self._groups.members(report["group"])
         if report["sender_account"] not in members:
             raise NotFound("the sender is no longer in that group")
-        await self._groups.remove(report["group"], report["sender_account"])
+        await self._groups.remove(report["group"], report["sender_account"], self._now())
         await self._audit.append(
             staff.actor,
             "groups.remove_member",

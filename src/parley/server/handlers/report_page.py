@@ -1,5 +1,10 @@
 """The quarterly transparency report, aggregated from the public log itself, so
-anyone holding the log can recompute it."""
+anyone holding the log can recompute it.
+
+A replay (an order id submitted again, refused) is the same order again, not
+a new request: it is counted under ``replays`` and in no other figure. Entries
+mark it ``"replay": true``; older entries are known by their refusal reason.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +46,18 @@ async def aggregate(log: TransparencyHandler, quarter: str) -> dict[str, Any]:
             "partly_granted": 0,
             "refused": 0,
             "pending": 0,
+            "replays": 0,
         }
 
     by_country: dict[str, dict[str, int]] = defaultdict(bucket)
     by_category: dict[str, dict[str, int]] = defaultdict(bucket)
     totals = bucket()
     for request_id, body in requests.items():
+        where = (by_country[body["jurisdiction"]], by_category[body["category"]], totals)
+        if _is_replay(body):
+            for agg in where:
+                agg["replays"] += 1
+            continue
         status = final[request_id]
         outcome = (
             "refused"
@@ -55,7 +66,7 @@ async def aggregate(log: TransparencyHandler, quarter: str) -> dict[str, Any]:
             if status == "pending"
             else ("partly_granted" if body.get("refused_parts") else "granted")
         )
-        for agg in (by_country[body["jurisdiction"]], by_category[body["category"]], totals):
+        for agg in where:
             agg["requests"] += 1
             agg["accounts"] += (
                 body.get("accounts", 0) if outcome in ("granted", "partly_granted") else 0
@@ -69,6 +80,10 @@ async def aggregate(log: TransparencyHandler, quarter: str) -> dict[str, Any]:
         "by_country": dict(sorted(by_country.items())),
         "by_category": dict(sorted(by_category.items())),
     }
+
+
+def _is_replay(body: dict[str, Any]) -> bool:
+    return body.get("replay") is True or str(body.get("refusal") or "").startswith("replay:")
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -94,10 +109,10 @@ def render_html(report: dict[str, Any]) -> str:
         head = (
             "<tr><th>"
             + title
-            + "</th><th>requests</th><th>accounts affected</th><th>granted</th><th>partly granted</th><th>refused</th><th>pending</th></tr>"
+            + "</th><th>requests</th><th>accounts affected</th><th>granted</th><th>partly granted</th><th>refused</th><th>pending</th><th>replays</th></tr>"
         )
         body = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v['requests']}</td><td>{v['accounts']}</td><td>{v['granted']}</td><td>{v['partly_granted']}</td><td>{v['refused']}</td><td>{v['pending']}</td></tr>"
+            f"<tr><td>{html.escape(k)}</td><td>{v['requests']}</td><td>{v['accounts']}</td><td>{v['granted']}</td><td>{v['partly_granted']}</td><td>{v['refused']}</td><td>{v['pending']}</td><td>{v.get('replays', 0)}</td></tr>"
             for k, v in data.items()
         )
         return f"<table>{head}{body}</table>"
@@ -107,6 +122,7 @@ def render_html(report: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;max-width:860px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
 <body><h1>Transparency report {report["quarter"]}</h1>
 <p>{t["requests"]} lawful requests: {t["granted"]} granted, {t["partly_granted"]} partly granted, {t["refused"]} refused, {t["pending"]} pending; {t["accounts"]} accounts affected.
+{t.get("replays", 0)} replays (an order submitted again) were refused and are not counted as requests.
 Parley can disclose only a phone number and IP addresses; it never has messages. Every figure is computed from the public transparency log
 (size {report["log_size"]}, root {report["log_root"]}), which anyone can verify with <code>parley audit</code>.</p>
 <h2>Requests by country</h2><svg width="560" height="{height}" role="img" aria-label="requests by country">{"".join(bars)}</svg>

@@ -13,6 +13,7 @@ from parley.server.storage.tables import (
     accounts,
     connection_log,
     devices,
+    group_departures,
     group_members,
     kem_prekeys,
     messages,
@@ -188,6 +189,7 @@ class AccountStore:
                 messages,
                 provisioning,
                 group_members,
+                group_departures,
                 connection_log,
             ):
                 await conn.execute(delete(table).where(table.c.account_id == account_id))

@@ -1,11 +1,16 @@
-"""Group membership (the server keeps it, as Telegram does, to fan messages out)."""
+"""Group membership (the server keeps it, as Telegram does, to fan messages out).
+
+Each membership has the time it began; when it ends (removed, or left) its
+span moves to ``group_departures`` and is kept until pruned, so a report can
+ask whether the reporter was a member when a message was delivered.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.server.storage.tables import group_members, groups
+from parley.server.storage.tables import group_departures, group_members, groups
 
 
 class GroupStore:
@@ -18,7 +23,12 @@ class GroupStore:
             await conn.execute(
                 insert(group_members),
                 [
-                    {"group_id": group_id, "account_id": m, "admin": m == admin}
+                    {
+                        "group_id": group_id,
+                        "account_id": m,
+                        "admin": m == admin,
+                        "joined_ms": now_ms,
+                    }
                     for m in dict.fromkeys([admin, *members])
                 ],
             )
@@ -33,17 +43,38 @@ class GroupStore:
             )
             return {r.account_id: bool(r.admin) for r in rows}
 
-    async def add(self, group_id: str, account_id: str) -> None:
+    async def add(self, group_id: str, account_id: str, now_ms: int) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(group_members).values(group_id=group_id, account_id=account_id, admin=False)
+                insert(group_members).values(
+                    group_id=group_id, account_id=account_id, admin=False, joined_ms=now_ms
+                )
             )
 
-    async def remove(self, group_id: str, account_id: str) -> None:
+    async def remove(self, group_id: str, account_id: str, now_ms: int) -> None:
+        """End a membership, keeping its span; the group goes with its last member."""
         async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(group_members.c.joined_ms).where(
+                        group_members.c.group_id == group_id,
+                        group_members.c.account_id == account_id,
+                    )
+                )
+            ).first()
+            if row is None:
+                return
             await conn.execute(
                 delete(group_members).where(
                     group_members.c.group_id == group_id, group_members.c.account_id == account_id
+                )
+            )
+            await conn.execute(
+                insert(group_departures).values(
+                    group_id=group_id,
+                    account_id=account_id,
+                    joined_ms=row.joined_ms,
+                    left_ms=now_ms,
                 )
             )
             left = (
@@ -53,6 +84,34 @@ class GroupStore:
             ).first()
             if left is None:
                 await conn.execute(delete(groups).where(groups.c.id == group_id))
+
+    async def spans(self, group_id: str, account_id: str) -> list[tuple[int, int | None]]:
+        """Every kept membership of ``account_id`` in the group as (joined_ms, left_ms),
+        ``left_ms`` None for the current one."""
+        async with self._engine.connect() as conn:
+            current = await conn.execute(
+                select(group_members.c.joined_ms).where(
+                    group_members.c.group_id == group_id,
+                    group_members.c.account_id == account_id,
+                )
+            )
+            spans: list[tuple[int, int | None]] = [(r.joined_ms, None) for r in current]
+            ended = await conn.execute(
+                select(group_departures.c.joined_ms, group_departures.c.left_ms).where(
+                    group_departures.c.group_id == group_id,
+                    group_departures.c.account_id == account_id,
+                )
+            )
+            spans += [(r.joined_ms, r.left_ms) for r in ended]
+        return spans
+
+    async def prune_departures(self, before_ms: int) -> int:
+        """Forget memberships that ended before ``before_ms``."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(group_departures).where(group_departures.c.left_ms < before_ms)
+            )
+        return int(result.rowcount or 0)
 
     async def groups_of(self, account_id: str) -> list[str]:
         async with self._engine.connect() as conn:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.crypto.primitives import constant_time_equal, sha256
@@ -62,9 +63,41 @@ class ReportStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def add(self, values: dict[str, Any]) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(insert(reports).values(**values))
+    async def add(self, values: dict[str, Any]) -> str:
+        """Store a report; returns its id, or the id of the report this reporter
+        already made with the same ``report_key`` (one report per message)."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(reports).values(**values))
+        except IntegrityError:
+            existing = await self.existing(values["reporter"], values["report_key"])
+            if existing is None:
+                raise
+            return existing
+        return str(values["id"])
+
+    async def existing(self, reporter: str, report_key: bytes) -> str | None:
+        """The id of ``reporter``'s report with this key, if any."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(reports.c.id).where(
+                        reports.c.reporter == reporter, reports.c.report_key == report_key
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.id)
+
+    async def recent(self, reporter: str, since_ms: int, limit: int) -> list[int]:
+        """Creation times of ``reporter``'s reports since ``since_ms``, newest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(reports.c.created_ms)
+                .where(reports.c.reporter == reporter, reports.c.created_ms >= since_ms)
+                .order_by(reports.c.created_ms.desc())
+                .limit(limit)
+            )
+            return [int(r.created_ms) for r in rows]
 
     async def list(self, status: str | None) -> list[dict[str, Any]]:
         query = select(reports).order_by(reports.c.created_ms)

@@ -2,7 +2,8 @@
 
 What is kept about a person (README, "What the server keeps"): the phone
 number, the creation date, the last-seen *day*, devices with hashed
-credentials, public keys, group membership, and a connection log of IP
+credentials, public keys, group membership (with join times, and ended
+memberships for 90 days, for reports), and a connection log of IP
 addresses pruned after the retention period. Queued messages are ciphertext
 and are deleted on acknowledgement or expiry.
 """
@@ -123,7 +124,24 @@ group_members = Table(
     Column("group_id", String(32), primary_key=True),
     Column("account_id", String(36), primary_key=True),
     Column("admin", Boolean, nullable=False),
+    # When this membership began (migration 0005; 0 for members from before it).
+    Column("joined_ms", BigInteger, nullable=False, server_default="0"),
     Index("ix_group_members_account", "account_id"),
+)
+
+# Memberships that ended (removed or left), kept for ``MEMBERSHIP_RETENTION_MS``
+# after they ended, so a former member can still report what it received while
+# a member (migration 0005). One row per ended span: a member can rejoin.
+group_departures = Table(
+    "group_departures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("group_id", String(32), nullable=False),
+    Column("account_id", String(36), nullable=False),
+    Column("joined_ms", BigInteger, nullable=False),
+    Column("left_ms", BigInteger, nullable=False),
+    Index("ix_group_departures_member", "group_id", "account_id"),
+    Index("ix_group_departures_left", "left_ms"),
 )
 
 attachments = Table(
@@ -208,7 +226,12 @@ reports = Table(
     Column("note", String(1000), nullable=True),
     Column("created_ms", BigInteger, nullable=False),
     Column("resolved_ms", BigInteger, nullable=True),
+    # SHA-256 of the reported message's server tag (migration 0005; NULL before):
+    # one report per reporter and message.
+    Column("report_key", LargeBinary(32), nullable=True),
     Index("ix_reports_status", "status", "created_ms"),
+    Index("ix_reports_reporter_key", "reporter", "report_key", unique=True),
+    Index("ix_reports_reporter_time", "reporter", "created_ms"),
 )
 
 audit_log = Table(
