@@ -30,12 +30,15 @@ async def test_registration_with_file_sms_and_bounded_attempts(
     state = DeviceState(IdentityKeyPair.generate(secrets.token_bytes), secrets.token_bytes)
     keys = keys_json(state.signed_prekey, state.kem_last_resort)
     wrong = f"{(int(code) + 1) % 1_000_000:06d}"
-    for _ in range(5):
+    for attempt in range(5):
         with pytest.raises(ServerError) as err:
             await api.verify(phone, wrong, state.identity, keys)
-        assert (err.value.status, err.value.code) == (400, "invalid_code")
-    with pytest.raises(ServerError):  # attempts exhausted: even the right code is refused now
+        # the last allowed miss says so, and how to go on
+        expected = "too_many_attempts" if attempt == 4 else "invalid_code"
+        assert (err.value.status, err.value.code) == (400, expected)
+    with pytest.raises(ServerError) as err:  # exhausted: even the right code is refused now
         await api.verify(phone, code, state.identity, keys)
+    assert err.value.code == "no_code" and "ask for a new one" in err.value.message
     await api.request_code(phone)
     code = await sqlite_server.code_for(phone)
     result = await api.verify(phone, code, state.identity, keys)

@@ -98,7 +98,11 @@ def test_group_with_a_removal(cli: tuple[ServerProcess, Run]) -> None:
     run("alice", "group", "remove", gid, carol)
     run("alice", "group", "send", gid, "without carol")
     run("bob", "group", "send", gid, "bob without carol")
-    assert _received(run, "carol") == []
+    # carol is told she was removed (and by whom), and gets nothing sent after it
+    told = _received(run, "carol")
+    assert [(m["event"], m["group"], m["sender"], m["text"]) for m in told] == [
+        ("removed", gid, alice, "")
+    ]
     assert [m["text"] for m in _received(run, "bob")] == ["without carol"]
     assert [m["text"] for m in _received(run, "alice")] == ["bob without carol"]
     groups = json.loads(run("alice", "group", "list", "--json").stdout)
@@ -195,7 +199,7 @@ def test_errors_are_one_line_and_non_zero(cli: tuple[ServerProcess, Run], tmp_pa
         f"http://127.0.0.1:{free_port()}",
         check=False,
     )
-    assert nowhere.returncode == 1 and nowhere.stderr.startswith("parley: server unreachable")
+    assert nowhere.returncode == 1 and nowhere.stderr.startswith("parley: cannot reach the server")
     missing = run("ghost", "whoami", check=False)
     assert missing.returncode == 1 and "no Parley profile" in missing.stderr
     assert "Traceback" not in unknown.stderr + nowhere.stderr + missing.stderr
@@ -221,7 +225,7 @@ def test_attachments_export_and_delete_account(
     exported = json.loads((tmp_path / "export.json").read_text())
     assert exported["phone"] == bob and exported["history"][0]["text"] == "see attached"
     assert "identity" not in json.dumps(exported) and "key" not in json.dumps(exported["history"])
-    run("bob", "delete-account")
+    run("bob", "delete-account", "--yes")
     assert not (tmp_path / "bob" / "profile.enc").exists()
     gone = run("alice", "send", bob, "anyone?", check=False)
     assert gone.returncode == 1 and "not on Parley" in gone.stderr

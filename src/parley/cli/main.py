@@ -1,9 +1,13 @@
 """``parley``: the command-line client.
 
-Every command takes ``--profile DIR`` (default ``~/.parley``); the profile is
-encrypted with a key derived from a passphrase, read from
-``PARLEY_PASSPHRASE`` or asked on the terminal. Errors are one line on
-stderr and exit status 1 (2 for usage errors).
+Every command takes ``--profile DIR`` (default ``~/.parley``), before or after
+the command's name; the profile is encrypted with a key derived from a
+passphrase, read from ``PARLEY_PASSPHRASE`` or asked on the terminal. Errors
+are one line on stderr and exit status 1 (2 for usage errors, 130 for Ctrl-C).
+
+Everything another person or the server chose (texts, names, file names,
+group names, notices, error messages) is printed through ``parley.display``:
+never as rich markup, with control characters shown as escapes.
 """
 
 from __future__ import annotations
@@ -17,54 +21,109 @@ import mimetypes
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
-from parley.client.app import App
+from parley.client.app import App, ClientError
 from parley.client.store import Profile
+from parley.display import join, literal, local_time, visible, with_iso
 from parley.errors import ParleyError, ServerError, Unreachable
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
+
+REASONS = ["csam", "terrorism", "violence", "fraud", "spam", "other"]
+# Commands that work on the profile alone: they never touch the network.
+LOCAL = {"whoami", "history", "export"}
+EXIT_INTERRUPTED = 130
+
+
+def _version() -> str:
+    try:
+        return version("parley")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command table
-    p = argparse.ArgumentParser(prog="parley", description="Parley: end-to-end encrypted messaging")
+    # --profile is accepted before the command and after it (on every subcommand).
+    profile = argparse.ArgumentParser(add_help=False)
+    profile.add_argument(
+        "--profile",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="profile directory (default ~/.parley)",
+    )
+    p = argparse.ArgumentParser(
+        prog="parley",
+        description="Parley: end-to-end encrypted messaging. "
+        "The passphrase comes from PARLEY_PASSPHRASE or is asked on the terminal.",
+    )
+    p.add_argument("--version", action="version", version=f"parley {_version()}")
     p.add_argument(
         "--profile",
         type=Path,
         default=Path.home() / ".parley",
         help="profile directory (default ~/.parley)",
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    r = sub.add_parser("register", help="ask for a registration code")
-    r.add_argument("phone")
-    r.add_argument("--server", required=True)
-    v = sub.add_parser("verify", help="finish registration with the code")
-    v.add_argument("code")
-    v.add_argument("--name")
-    w = sub.add_parser("whoami")
-    w.add_argument("--json", action="store_true")
+    def command(
+        parent: Any, name: str, text: str, json_output: bool = False
+    ) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = parent.add_parser(
+            name, help=text, description=text, parents=[profile]
+        )
+        if json_output:
+            c.add_argument("--json", action="store_true", help="print JSON, one object per line")
+        return c
 
-    s = sub.add_parser("send", help="send a 1:1 message")
-    s.add_argument("phone")
-    s.add_argument("text")
-    s.add_argument("--attach", action="append", type=Path, default=[], metavar="FILE")
-    s.add_argument("--json", action="store_true")
+    def text_source(c: argparse.ArgumentParser) -> None:
+        c.add_argument("text", nargs="?", help="the message; '-' reads it from standard input")
+        c.add_argument("--file", type=Path, metavar="FILE", help="read the message from FILE")
 
-    rc = sub.add_parser("receive", help="print what arrived")
-    rc.add_argument("--json", action="store_true")
-    rc.add_argument("--follow", action="store_true", help="keep listening")
+    r = command(sub, "register", "ask the server for a registration code by SMS")
+    r.add_argument("phone", help="your number in international format, e.g. +14155550123")
+    r.add_argument(
+        "--server", required=True, metavar="URL", help="the server, e.g. http://127.0.0.1:8470"
+    )
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a registered profile: the old one is renamed (DIR.replaced-TIME), never deleted",
+    )
+    v = command(sub, "verify", "finish registration with the code from the SMS")
+    v.add_argument("code", help="the 6 digits from the SMS")
+    v.add_argument("--name", help="the display name your contacts see (sent encrypted)")
+    command(sub, "whoami", "show this profile's number, name, account and device", True)
+
+    s = command(sub, "send", "send a 1:1 message (a note to yourself with your own number)", True)
+    s.add_argument("phone", help="the contact's number")
+    text_source(s)
+    s.add_argument(
+        "--attach",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="attach FILE (repeatable)",
+    )
+
+    rc = command(sub, "receive", "print the messages waiting for you", True)
+    rc.add_argument(
+        "--follow", action="store_true", help="keep listening until interrupted (Ctrl-C)"
+    )
     rc.add_argument(
         "--timeout",
         type=float,
-        default=10.0,
-        help="give up after SECONDS without a frame (default 10)",
+        metavar="SECONDS",
+        help="stop after SECONDS without a message (default 10; with --follow, never; 0 = never)",
     )
     rc.add_argument(
         "--save-attachments",
@@ -73,87 +132,113 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
         help="download and decrypt attachments into DIR",
     )
 
-    g = sub.add_parser("group", help="group chats").add_subparsers(
-        dest="group_command", required=True
+    g = command(sub, "group", "group chats").add_subparsers(
+        dest="group_command", required=True, metavar="ACTION"
     )
-    gc = g.add_parser("create")
-    gc.add_argument("name")
-    gc.add_argument("--member", action="append", default=[], required=True, metavar="PHONE")
-    gc.add_argument("--json", action="store_true")
-    for name in ("add", "remove"):
-        ga = g.add_parser(name)
-        ga.add_argument("group")
-        ga.add_argument("phone")
-    gs = g.add_parser("send")
-    gs.add_argument("group")
-    gs.add_argument("text")
-    gs.add_argument("--json", action="store_true")
-    gl = g.add_parser("list")
-    gl.add_argument("--json", action="store_true")
-
-    sn = sub.add_parser("safety-number", help="the 60-digit number to compare with a contact")
-    sn.add_argument("phone")
-    t = sub.add_parser("trust", help="mark a contact verified after comparing safety numbers")
-    t.add_argument("phone")
-    t.add_argument("--safety-number", required=True, dest="digits")
-
-    d = sub.add_parser("devices", help="linked devices").add_subparsers(
-        dest="devices_command", required=True
-    )
-    dl = d.add_parser("list")
-    dl.add_argument("--json", action="store_true")
-    d.add_parser("link", help="print a one-time code for a new device")
-    du = d.add_parser("unlink")
-    du.add_argument("device_id", type=int)
-    lk = sub.add_parser("link", help="join an account as a linked device")
-    lk.add_argument("code")
-    lk.add_argument("--server", required=True)
-
-    rp = sub.add_parser("report", help="report a received message to the platform's moderators")
-    rp.add_argument("message_id")
-    rp.add_argument(
-        "--reason",
+    gc = command(g, "create", "create a group and tell its members", True)
+    gc.add_argument("name", help="the group's name (sent encrypted to its members)")
+    gc.add_argument(
+        "--member",
+        action="append",
+        default=[],
         required=True,
-        choices=["csam", "terrorism", "violence", "fraud", "spam", "other"],
+        metavar="PHONE",
+        help="a member (repeatable)",
+    )
+    for name, what in (
+        ("add", "add a member"),
+        ("remove", "remove a member (keys are rotated; they are told)"),
+    ):
+        ga = command(g, name, what)
+        ga.add_argument("group", help="the group's name (if unique) or id")
+        ga.add_argument("phone", help="the member's number")
+    gs = command(g, "send", "send a message to a group", True)
+    gs.add_argument("group", help="the group's name (if unique) or id")
+    text_source(gs)
+    command(g, "list", "list your groups and their members", True)
+
+    sn = command(sub, "safety-number", "the 60-digit number to compare with a contact")
+    sn.add_argument("phone", help="the contact's number")
+    t = command(sub, "trust", "mark a contact verified after comparing safety numbers")
+    t.add_argument("phone", help="the contact's number")
+    t.add_argument(
+        "--safety-number",
+        required=True,
+        dest="digits",
+        metavar="DIGITS",
+        help="the 60 digits you compared",
+    )
+
+    d = command(sub, "devices", "your linked devices").add_subparsers(
+        dest="devices_command", required=True, metavar="ACTION"
+    )
+    command(d, "list", "list this account's devices", True)
+    command(d, "link", "print a one-time code for a new device (valid 10 minutes)")
+    du = command(d, "unlink", "unlink a device (from the primary)")
+    du.add_argument("device_id", type=int, help="the device number from 'devices list'")
+    lk = command(sub, "link", "join an account as a linked device, with a code from 'devices link'")
+    lk.add_argument("code", help="the code the primary device printed")
+    lk.add_argument("--server", required=True, metavar="URL", help="the account's server")
+    lk.add_argument(
+        "--force",
+        action="store_true",
+        help="set an existing profile aside (renamed, never deleted)",
+    )
+
+    rp = command(sub, "report", "report a received message to the platform's moderators", True)
+    rp.add_argument("message_id", help="the id shown by 'receive --json' or 'history --json'")
+    rp.add_argument("--reason", required=True, choices=REASONS, help="the category")
+    rp.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also reveal the N (0..5) messages before it in the chat",
     )
     rp.add_argument(
-        "--context", type=int, default=0, help="also reveal the N (0..5) messages before it"
+        "--comment", default="", help="a note for the moderators (up to 1000 characters)"
     )
-    rp.add_argument("--comment", default="")
-    rp.add_argument("--json", action="store_true")
-    nt = sub.add_parser(
-        "notices", help="notices from the platform (report outcomes, actions on your account)"
+    command(
+        sub, "notices", "notices from the platform (report outcomes, actions on your account)", True
     )
-    nt.add_argument("--json", action="store_true")
 
-    po = sub.add_parser(
-        "policy", help="the privacy policy, verified against the transparency log, with changes"
+    po = command(
+        sub,
+        "policy",
+        "the privacy policy, verified against the transparency log, with changes",
+        True,
     )
     po.add_argument("--accept", action="store_true", help="record that you have read this version")
-    po.add_argument("--json", action="store_true")
-    au = sub.add_parser("audit", help="audit the server's transparency log as any outsider can")
-    au.add_argument("--server", required=True)
+    au = command(sub, "audit", "audit the server's transparency log as any outsider can", True)
+    au.add_argument("--server", required=True, metavar="URL", help="the server to audit")
     au.add_argument(
         "--state",
         type=Path,
+        metavar="FILE",
         help="where the last seen head is kept (default: PROFILE/audit-HOST.json)",
     )
-    au.add_argument("--json", action="store_true")
 
-    k = sub.add_parser("keys", help="key transparency").add_subparsers(
-        dest="keys_command", required=True
-    )
-    kc = k.add_parser("check", help="check your account in the key directory")
+    k = command(
+        sub, "keys", "key transparency: your own entry in the key directory"
+    ).add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    kc = command(k, "check", "check your account in the key directory", True)
     kc.add_argument("--ack", action="store_true", help="acknowledge the devices now published")
-    kc.add_argument("--json", action="store_true")
-    k.add_parser("head", help="a short code of the log's signed head, to compare with others")
+    command(k, "head", "a short code of the log's signed head, to compare with others")
 
-    h = sub.add_parser("history", help="local history of a chat")
-    h.add_argument("chat", metavar="PHONE|GROUP")
-    h.add_argument("--json", action="store_true")
-    e = sub.add_parser("export", help="write your own data (no keys) as JSON")
-    e.add_argument("file", type=Path)
-    sub.add_parser("delete-account", help="delete the account on the server and wipe this profile")
+    h = command(sub, "history", "the local history of a chat (no network)", True)
+    h.add_argument("chat", metavar="PHONE|GROUP", help="a number, or a group's name or id")
+    at = command(sub, "attachment", "attachments of a message").add_subparsers(
+        dest="attachment_command", required=True, metavar="ACTION"
+    )
+    ats = command(at, "save", "download and decrypt a message's attachments")
+    ats.add_argument("message_id", help="the message's id")
+    ats.add_argument(
+        "--out", type=Path, default=Path(), metavar="DIR", help="where to save (default: here)"
+    )
+    e = command(sub, "export", "write your own data (no keys) as JSON")
+    e.add_argument("file", type=Path, help="the file to write (0600)")
+    da = command(sub, "delete-account", "delete the account on the server and wipe this profile")
+    da.add_argument("--yes", action="store_true", help="do not ask for confirmation (for scripts)")
     return p
 
 
@@ -174,63 +259,138 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def say(*parts: object) -> None:
+    out.print(join(*parts))
+
+
+def note(*parts: object, style: str = "") -> None:
+    line = join(*parts)
+    if style:
+        line.stylize(style)
+    err.print(line)
+
+
 def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], None]]:
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=err, transient=True
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        DownloadColumn(),
+        console=err,
+        transient=True,
     )
 
     def done(name: str, size: int) -> None:
-        progress.add_task(f"{verb} {name}", total=size, completed=size)
+        progress.add_task(f"{verb} {visible(name)}", total=size, completed=size)
 
     return progress, done
 
 
+def _size(n: object) -> str:
+    if not isinstance(n, int):
+        return "size unknown"
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024 or unit == "MiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} bytes"
+
+
+def _who(entry: dict[str, Any]) -> Text:
+    """The sender: "Name (+phone)" when they gave a name, else the number (or account)."""
+    name = entry.get("sender_name") or ""
+    if name:
+        return join(literal(name), " (", literal(entry["sender"]), ")")
+    return literal(entry["sender"])
+
+
+def _attachments(entry: dict[str, Any]) -> Text:
+    out_text = Text()
+    for a in entry.get("attachments", []):
+        name = a.get("name", "") if isinstance(a, dict) else a
+        size = a.get("size") if isinstance(a, dict) else None
+        out_text.append_text(join(" [attachment: ", literal(name), f", {_size(size)}]"))
+    return out_text
+
+
+def _message_line(entry: dict[str, Any], groups: dict[str, str]) -> Text:
+    where = (
+        join("[", literal(groups.get(entry["group"], entry["group"])), "] ")
+        if entry.get("group")
+        else Text()
+    )
+    if entry.get("event") == "removed":
+        return join(where, _who(entry), " removed you from the group")
+    return join(where, _who(entry), ": ", literal(entry["text"]), _attachments(entry))
+
+
+def _public(entry: dict[str, Any], *extra: str) -> dict[str, Any]:
+    keys = ("id", "chat", "group", "sender", "sender_name", "text", "sent_at", "event", *extra)
+    public = {k: entry.get(k) for k in keys}
+    public["attachments"] = [
+        {k: a.get(k) for k in ("id", "name", "size", "content_type")}
+        for a in entry.get("attachments", [])
+        if isinstance(a, dict)
+    ]
+    return with_iso(public, "sent_at")
+
+
+def _read_text(args: argparse.Namespace, allow_empty: bool) -> str:
+    if args.file is not None and args.text is not None:
+        raise ClientError("give the text or --file, not both")
+    if args.file is not None:
+        try:
+            return str(args.file.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ClientError(
+                f"cannot read {args.file}: {getattr(exc, 'strerror', None) or 'not UTF-8 text'}"
+            ) from exc
+    if args.text == "-":
+        return sys.stdin.read()
+    if args.text is None:
+        if allow_empty:
+            return ""
+        raise ClientError("give the text, '-' to read it from standard input, or --file FILE")
+    return str(args.text)
+
+
 async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one dispatch table
     if args.command == "audit":
-        from parley.client.audit import audit
-
-        state = (
-            args.state
-            or args.profile
-            / f"audit-{args.server.split('//')[-1].replace(':', '_').replace('/', '_')}.json"
-        )
-        result = await audit(args.server, state)
-        if args.json:
-            _print_json(result)
-        else:
-            since = (
-                f", consistent with the {result['previous_size']} entries seen before"
-                if result["previous_size"] is not None
-                else " (first audit: head pinned)"
-            )
-            out.print(
-                f"transparency log OK: {result['size']} entries{since}; head {result['head_code']}"
-            )
-        return 0
+        return await _audit(args)
     creating = args.command in ("register", "link")
-    app = App(Profile(args.profile, _passphrase(creating)))
-    if args.command not in ("register", "verify", "link", "keys"):
+    app = App(
+        Profile(args.profile, _passphrase(creating)),
+        notify=lambda line: note("parley: ", line, style="yellow"),
+    )
+    if args.command not in ("register", "verify", "link", "keys", *LOCAL):
+        # Self-monitoring at the start of every network command: one quick try; if the
+        # server is down, the command itself says so.
         with contextlib.suppress(ParleyError):
-            await app.keys_check()  # self-monitoring at every start
+            await app.keys_check(retries=0)
+    if args.command not in ("register", "verify", "link"):
         for warning in app.warnings():
-            err.print(warning, style="yellow")
+            note(warning, style="yellow")
 
     match args.command:
         case "register":
-            await app.register(args.phone, args.server)
-            out.print(f"A code was sent to {args.phone}. Finish with: parley verify CODE")
+            phone = await app.register(args.phone, args.server, force=args.force)
+            say(f"A code was sent to {phone}. Finish with: parley verify CODE")
         case "verify":
             me = await app.verify(args.code, args.name)
-            out.print(f"Registered {me['phone']} (device {me['device_id']}).")
+            say(f"Registered {me['phone']} (device {me['device_id']}).")
         case "whoami":
-            me = await app.whoami()
+            me = app.whoami()
             if args.json:
                 _print_json(me)
             else:
-                out.print(
-                    f"{me['phone']}  account {me['account_id']}  device {me['device_id']}  on {me['server']}"
+                name = join(" (", literal(me["name"]), ")") if me["name"] else ""
+                say(
+                    me["phone"],
+                    name,
+                    f"  account {me['account_id']}  device {me['device_id']}  on ",
+                    me["server"],
                 )
         case "send":
+            text = _read_text(args, allow_empty=bool(args.attach))
             files = []
             for path in args.attach:
                 try:
@@ -247,51 +407,19 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
             if files:
                 progress, done = _progress()
                 with progress:
-                    message_id = await app.send(args.phone, args.text, files, done)
+                    message_id = await app.send(args.phone, text, files, done)
             else:
-                message_id = await app.send(args.phone, args.text, [], lambda _n, _s: None)
-            _print_json({"id": message_id}) if args.json else out.print(message_id)
+                message_id = await app.send(args.phone, text, [], lambda _n, _s: None)
+            _print_json({"id": message_id}) if args.json else say(message_id)
         case "receive":
-            save_dir: Path | None = args.save_attachments
-
-            def show(entry: dict[str, Any]) -> None:
-                public = {k: entry[k] for k in ("id", "chat", "group", "sender", "text", "sent_at")}
-                public["attachments"] = [
-                    {k: a[k] for k in ("id", "name", "size", "content_type")}
-                    for a in entry["attachments"]
-                ]
-                if args.json:
-                    _print_json(public)
-                else:
-                    where = f"[{entry['group']}] " if entry["group"] else ""
-                    names = "".join(f" [attachment: {a['name']}]" for a in entry["attachments"])
-                    out.print(f"{where}{entry['sender']}: {entry['text']}{names}")
-                if save_dir is not None:
-                    for a in entry["attachments"]:
-                        pending.append(a)
-
-            pending: list[dict[str, Any]] = []
-            for notice in await app.notices():
-                err.print(_notice_text(notice), markup=False)
-            policy_notice = app.policy_warning(await _served_policy_version(app))
-            if policy_notice:
-                err.print(policy_notice, markup=False)
-            await app.receive(args.follow, args.timeout, show)
-            if save_dir is not None and pending:
-                save_dir.mkdir(parents=True, exist_ok=True)
-                progress, done = _progress("downloaded")
-                with progress:
-                    for a in pending:
-                        data = await app.fetch_attachment(a)
-                        (save_dir / Path(a["name"]).name).write_bytes(data)
-                        done(a["name"], len(data))
+            await _receive(app, args)
         case "group":
             await _group(app, args)
         case "safety-number":
-            out.print(await app.safety_number(args.phone))
+            say(await app.safety_number(args.phone))
         case "trust":
             await app.trust(args.phone, args.digits)
-            out.print(f"{args.phone} is verified.")
+            say(f"{args.phone} is verified.")
         case "devices":
             if args.devices_command == "list":
                 devices = await app.devices()
@@ -304,85 +432,171 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
                     out.print(table)
             elif args.devices_command == "link":
                 code = await app.link_code()
-                out.print(
+                say(
                     "On the new device run: parley link CODE --server URL (the code works once, for 10 minutes)"
                 )
-                out.print(code)
+                say(code)
             else:
                 await app.unlink(args.device_id)
-                out.print(f"Device {args.device_id} unlinked.")
+                say(f"Device {args.device_id} unlinked.")
         case "link":
-            me = await app.link(args.code, args.server)
-            out.print(f"Linked to {me['phone']} as device {me['device_id']}.")
+            me = await app.link(args.code, args.server, force=args.force)
+            say("Linked to ", me["phone"], f" as device {me['device_id']}.")
         case "report":
-            report_id = await app.report(args.message_id, args.reason, args.context, args.comment)
-            _print_json({"id": report_id}) if args.json else out.print(f"Reported ({report_id}).")
+            result = await app.report(args.message_id, args.reason, args.context, args.comment)
+            if args.json:
+                _print_json(result)
+            else:
+                say(
+                    f"Reported ({result['id']})."
+                    if not result.get("existing")
+                    else f"You had already reported this message ({result['id']})."
+                )
+                for a in result.get("attachments", []):
+                    if not a.get("available", True):
+                        note(
+                            "parley: attachment ",
+                            a.get("id", ""),
+                            " could not be included: ",
+                            a.get("reason", "it did not open"),
+                        )
         case "notices":
             for notice in await app.notices():
-                _print_json(notice) if args.json else out.print(_notice_text(notice))
+                _print_json(with_iso(notice, "created_ms")) if args.json else say(
+                    _notice_text(notice)
+                )
         case "policy":
             policy = await app.policy(args.accept)
             if args.json:
                 _print_json(policy)
             else:
                 if policy["accepted"] is None:
-                    out.print(policy["text"], markup=False)
+                    out.print(literal(policy["text"], multiline=True))
                 elif policy["changed"]:
-                    out.print(policy["diff"], markup=False)
+                    out.print(literal(policy["diff"], multiline=True))
                 else:
-                    out.print(f"The privacy policy (version {policy['version']}) has not changed.")
-                out.print(
+                    say(f"The privacy policy (version {policy['version']}) has not changed.")
+                say(
                     f"Version {policy['version']}, verified against the transparency log."
                     + ("" if args.accept else " Accept it with 'parley policy --accept'.")
                 )
         case "keys":
             if args.keys_command == "head":
-                out.print(await app.keys_head())
+                say(await app.keys_head())
             else:
                 result = await app.keys_check(ack=args.ack)
                 if args.json:
                     _print_json(result)
                 elif result["ok"]:
-                    out.print(
+                    say(
                         f"Your keys are as you left them (devices {result['devices']}, directory epoch {result['epoch']})."
                     )
                 for alarm in result["alarms"]:
-                    err.print(f"ALARM: {alarm}", markup=False)
+                    note("ALARM: ", alarm)
                 if not result["ok"]:
                     return 1
         case "history":
-            entries = app.history(args.chat)
-            if args.json:
-                for entry in entries:
-                    _print_json(
-                        {
-                            k: entry[k]
-                            for k in (
-                                "id",
-                                "chat",
-                                "group",
-                                "sender",
-                                "text",
-                                "sent_at",
-                                "outgoing",
-                            )
-                        }
-                    )
-            else:
-                table = Table("sent", "from", "text")
-                for entry in entries:
-                    table.add_row(str(entry["sent_at"]), entry["sender"], entry["text"])
-                out.print(table)
+            _history(app, args)
+        case "attachment":
+            progress, done = _progress("downloaded")
+            with progress:
+                saved = await app.save_attachments(args.message_id, args.out, done)
+            for path in saved:
+                say("saved ", str(path))
         case "export":
             data = app.export()
             fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=2)
-            out.print(f"Wrote {args.file}")
+            say(f"Wrote {args.file}")
         case "delete-account":
+            if not args.yes:
+                _confirm_delete(app)
             await app.delete_account()
-            out.print("Account deleted and profile wiped.")
+            say("Account deleted and profile wiped.")
     return 0
+
+
+def _confirm_delete(app: App) -> None:
+    me = app.whoami()
+    if not sys.stdin.isatty():
+        raise ClientError("delete-account deletes the account for good: add --yes to confirm")
+    err.print(
+        join("This deletes the account ", me["phone"], " on the server and wipes this profile.")
+    )
+    if input(f"Type the number ({me['phone']}) to confirm: ").strip() != me["phone"]:
+        raise ClientError("not confirmed: nothing was deleted")
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from parley.client.audit import audit
+
+    state = (
+        args.state
+        or args.profile
+        / f"audit-{args.server.split('//')[-1].replace(':', '_').replace('/', '_')}.json"
+    )
+    result = await audit(args.server, state)
+    if args.json:
+        _print_json(result)
+    else:
+        since = (
+            f", consistent with the {result['previous_size']} entries seen before"
+            if result["previous_size"] is not None
+            else " (first audit: head pinned)"
+        )
+        say(f"transparency log OK: {result['size']} entries{since}; head ", result["head_code"])
+    return 0
+
+
+async def _receive(app: App, args: argparse.Namespace) -> None:
+    save_dir: Path | None = args.save_attachments
+    timeout = args.timeout if args.timeout is not None else (None if args.follow else 10.0)
+    if timeout is not None and timeout <= 0:
+        timeout = None
+    groups = app.group_names()
+    pending: list[str] = []
+
+    def show(entry: dict[str, Any]) -> None:
+        if entry.get("group") and entry["group"] not in groups:
+            groups.update(app.group_names())
+        if args.json:
+            _print_json(_public(entry))
+        else:
+            out.print(_message_line(entry, groups))
+        if save_dir is not None and entry.get("attachments"):
+            pending.append(entry["id"])
+
+    for notice in await app.notices():
+        note(_notice_text(notice))
+    policy_notice = app.policy_warning(await _served_policy_version(app))
+    if policy_notice:
+        note(policy_notice)
+    await app.receive(args.follow, timeout, show)
+    if save_dir is not None and pending:
+        progress, done = _progress("downloaded")
+        with progress:
+            for message_id in pending:
+                await app.save_attachments(message_id, save_dir, done)
+
+
+def _history(app: App, args: argparse.Namespace) -> None:
+    entries = app.history(args.chat)
+    if args.json:
+        for entry in entries:
+            _print_json(_public(entry, "outgoing"))
+        return
+    groups = app.group_names()
+    table = Table("sent", "from", "text")
+    for entry in entries:
+        if entry.get("event") == "removed":
+            body = Text("removed you from the group")
+        else:
+            body = join(literal(entry["text"], multiline=True), _attachments(entry))
+        table.add_row(literal(local_time(entry.get("sent_at"))), _who(entry), body)
+    if entries and entries[0].get("group"):
+        say("Group ", groups.get(entries[0]["group"], entries[0]["group"]))
+    out.print(table)
 
 
 async def _served_policy_version(app: App) -> int | None:
@@ -395,31 +609,60 @@ async def _served_policy_version(app: App) -> int | None:
         except ParleyError:
             return None
 
-    result = await app.run(act)
+    result = await app.run(act, retries=0)
     return None if result is None else int(result)
 
 
-def _notice_text(notice: dict[str, Any]) -> str:
+def _notice_text(notice: dict[str, Any]) -> Text:
+    """A platform notice; every field is the server's word, shown literally."""
+    when = local_time(notice.get("created_ms")) if isinstance(notice.get("created_ms"), int) else ""
+    prefix = join("notice", f" ({when})" if when else "", ": ")
     if notice.get("kind") == "report_outcome":
-        return f"notice: your report {notice.get('report')} ({notice.get('category')}): {notice.get('outcome')}"
+        return join(
+            prefix,
+            "your report ",
+            str(notice.get("report")),
+            " (",
+            str(notice.get("category")),
+            "): ",
+            str(notice.get("outcome")),
+        )
     if notice.get("kind") == "lawful_request":
-        return f"notice: under a court order, {notice.get('authority')} ({notice.get('jurisdiction')}) obtained your {', '.join(notice.get('data', []))}"
+        data = notice.get("data")
+        kinds = ", ".join(str(x) for x in data) if isinstance(data, list) else str(data)
+        return join(
+            prefix,
+            "under a court order, ",
+            str(notice.get("authority")),
+            " (",
+            str(notice.get("jurisdiction")),
+            ") obtained your ",
+            kinds,
+        )
     if notice.get("kind") == "moderation":
-        return f"notice: moderators applied '{notice.get('action')}' to your account ({notice.get('category', '')})"
-    return f"notice: {json.dumps(notice)}"
+        return join(
+            prefix,
+            "moderators applied '",
+            str(notice.get("action")),
+            "' to your account (",
+            str(notice.get("category", "")),
+            ")",
+        )
+    return join(prefix, json.dumps(notice))
 
 
 async def _group(app: App, args: argparse.Namespace) -> None:
     match args.group_command:
         case "create":
             gid = await app.group_create(args.name, args.member)
-            _print_json({"id": gid}) if args.json else out.print(gid)
+            _print_json({"id": gid}) if args.json else say(gid)
         case "add" | "remove":
             await app.group_change(args.group, args.phone, add=args.group_command == "add")
-            out.print("Done.")
+            say("Done.")
         case "send":
-            message_id = await app.group_send(args.group, args.text)
-            _print_json({"id": message_id}) if args.json else out.print(message_id)
+            text = _read_text(args, allow_empty=False)
+            message_id = await app.group_send(args.group, text)
+            _print_json({"id": message_id}) if args.json else say(message_id)
         case "list":
             groups = await app.group_list()
             if args.json:
@@ -427,22 +670,61 @@ async def _group(app: App, args: argparse.Namespace) -> None:
             else:
                 table = Table("group", "name", "members")
                 for g in groups:
-                    table.add_row(g["id"], g["name"], ", ".join(g["members"]))
+                    table.add_row(
+                        literal(g["id"]), literal(g["name"]), literal(", ".join(g["members"]))
+                    )
                 out.print(table)
 
 
+def _one_line_error(exc: ParleyError) -> Text:
+    """The error a person reads: plain words, never a library's name or a pattern."""
+    if isinstance(exc, Unreachable):
+        return join("parley: ", exc.message, " (is the server running?)")
+    if isinstance(exc, ServerError):
+        return join("parley: ", _server_error(exc))
+    return join("parley: ", exc.message)
+
+
+_SERVER_ERRORS = {
+    "invalid_code": "the code is wrong: check the 6 digits from the SMS",
+    "too_many_attempts": "too many wrong codes: ask for a new one with 'parley register PHONE --server URL'",
+    "no_code": "no code is waiting for this number (expired, used, or too many wrong tries): ask for a new one with 'parley register PHONE --server URL'",
+    "invalid_phone": "not a phone number the server accepts: use + and the country code, e.g. +14155550123",
+    "unauthorized": "the server does not accept this device's credential (unlinked or deleted?)",
+    "payload_too_large": "too large for the server",
+}
+
+
+def _server_error(exc: ServerError) -> str:
+    if exc.code in _SERVER_ERRORS:
+        return _SERVER_ERRORS[exc.code]
+    if exc.code == "rate_limited":
+        after = exc.details.get("retry_after")
+        return (
+            f"too many requests: try again in {after} s"
+            if after
+            else "too many requests: try again later"
+        )
+    return f"the server refused: {exc.message} ({exc.code})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return asyncio.run(_run(args))
-    except Unreachable as exc:
-        err.print(f"parley: server unreachable: {exc.message}", markup=False)
-    except ServerError as exc:
-        err.print(f"parley: the server refused: {exc.message} ({exc.code})", markup=False)
-    except ParleyError as exc:
-        err.print(f"parley: {exc.message}", markup=False)
     except KeyboardInterrupt:
-        err.print("parley: interrupted", markup=False)
+        err.print(Text("parley: interrupted"))
+        return EXIT_INTERRUPTED
+    except ParleyError as exc:
+        err.print(_one_line_error(exc))
+    except OSError as exc:
+        err.print(
+            join(
+                "parley: ",
+                exc.strerror or type(exc).__name__,
+                f" ({exc.filename})" if exc.filename else "",
+            )
+        )
     return 1
 
 

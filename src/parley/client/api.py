@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +18,7 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from parley.errors import ServerError, Unreachable
+from parley.errors import ParleyError, ServerError, Unreachable
 from parley.protocol.keys import IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey
 
 
@@ -66,14 +66,49 @@ def keys_json(
     return body
 
 
+class InvalidServerUrl(ParleyError):
+    code = "invalid_server_url"
+
+
+def check_server_url(url: str) -> str:
+    """The server URL without a trailing slash, or ``InvalidServerUrl`` saying what is wrong."""
+    if not url.startswith(("http://", "https://")):
+        raise InvalidServerUrl(f"the server URL must start with http:// or https:// (got {url!r})")
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise InvalidServerUrl(f"{url!r} is not a valid server URL") from exc
+    if not parsed.host:
+        raise InvalidServerUrl(f"{url!r} names no host")
+    return url.rstrip("/")
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.5 * 2.0**attempt, 2.0)
+
+
 class ApiClient:
+    """``on_retry`` is told once per call, at the first failed attempt, that the
+    server is being retried (the CLI prints it, so nobody waits in silence)."""
+
     def __init__(
-        self, base_url: str, credential: str | None = None, timeout: float = 30.0, retries: int = 0
+        self,
+        base_url: str,
+        credential: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 0,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_server_url(base_url)
         self.credential = credential
         self.retries = retries
+        self.on_retry = on_retry
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    def _retrying(self, attempt: int) -> None:
+        if attempt == 0 and self.on_retry is not None:
+            total = sum(_backoff(a) for a in range(self.retries))
+            self.on_retry(f"cannot reach {self.base_url}; retrying for up to {total:.0f} s")
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -97,7 +132,8 @@ class ApiClient:
             try:
                 return await self._call_once(method, path, body, content)
             except Unreachable:
-                await asyncio.sleep(min(0.5 * 2**attempt, 2.0))
+                self._retrying(attempt)
+                await asyncio.sleep(_backoff(attempt))
         return await self._call_once(method, path, body, content)
 
     async def _call_once(self, method: str, path: str, body: Any, content: bytes | None) -> Any:
@@ -109,8 +145,10 @@ class ApiClient:
                 response = await self._http.request(
                     method, path, json=body, headers=self._headers()
                 )
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"the server at {self.base_url} did not answer in time") from exc
         except httpx.HTTPError as exc:
-            raise Unreachable(f"cannot reach {self.base_url}: {type(exc).__name__}") from exc
+            raise Unreachable(f"cannot reach the server at {self.base_url}") from exc
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -162,16 +200,30 @@ class ApiClient:
 
     @asynccontextmanager
     async def websocket(self) -> AsyncIterator[ClientConnection]:
+        """The push socket, retried like an idempotent call while the server is down;
+        a refused credential is a ``ServerError`` at once."""
         url = "ws" + self.base_url.removeprefix("http") + "/v1/websocket"
-        try:
-            async with websockets.connect(
-                url, additional_headers=self._headers(), max_size=2**22
-            ) as ws:
-                yield ws
-        except (OSError, websockets.InvalidHandshake) as exc:
-            raise Unreachable(
-                f"cannot open the push socket at {url}: {type(exc).__name__}"
-            ) from exc
+        for attempt in range(self.retries + 1):
+            try:
+                ws = await websockets.connect(
+                    url, additional_headers=self._headers(), max_size=2**22
+                )
+                break
+            except websockets.InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403):
+                    raise ServerError(
+                        status, "unauthorized", "the server refused this device's credential"
+                    ) from exc
+                failure: Exception = exc
+            except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+                failure = exc
+            if attempt == self.retries:
+                raise Unreachable(f"cannot open the push socket at {self.base_url}") from failure
+            self._retrying(attempt)
+            await asyncio.sleep(_backoff(attempt))
+        async with ws:
+            yield ws
 
     @staticmethod
     async def ack(ws: ClientConnection, ids: list[str]) -> None:

@@ -13,34 +13,53 @@ other devices, with the ``chat`` it was sent to.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import difflib
 import hashlib
 import hmac
 import json
+import os
+import re
 import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import websockets
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
 from parley.client.kt import head_code, signed_head, verified_lookup
 from parley.client.store import Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
-from parley.errors import DecryptionError, ParleyError, RemoteProtocolError, ServerError
+from parley.display import visible
+from parley.errors import (
+    DecryptionError,
+    ParleyError,
+    RemoteProtocolError,
+    ServerError,
+    Unreachable,
+)
+from parley.phone import InvalidPhone, e164
 from parley.protocol import attachments as attachment_crypto
 from parley.protocol.fingerprint import display, parse, safety_number
 from parley.protocol.franking import direct_conversation, group_conversation
 from parley.protocol.keys import IdentityKeyPair
-from parley.protocol.wire import AttachmentPointer, Content, IdentityPublic
+from parley.protocol.wire import MAX_TEXT, AttachmentPointer, Content, IdentityPublic
 
 MAX_HISTORY = 10_000
 MAX_SEEN = 5_000
 LINK_CODE_BYTES = 20
 MAX_REPORT_CONTEXT = 5
+MAX_NAME = 64
+# What a sender may call its message: the id is how the receiver names it in
+# reports and `attachment save`, so it must be plain and unique in the profile.
+MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 # Idempotent calls are retried for about 7 s when the server cannot be reached.
 RETRIES = 5
 
@@ -51,6 +70,56 @@ class ClientError(ParleyError):
 
 class IdentityChanged(ClientError):
     code = "identity_changed"
+
+
+def normalize_phone(raw: str) -> str:
+    """``raw`` as E.164, or a ``ClientError`` that says what a number looks like."""
+    try:
+        return e164(raw)
+    except InvalidPhone as exc:
+        raise ClientError(f"{raw!r} is {exc}") from exc
+
+
+def check_name(name: str) -> None:
+    if not name.strip() or len(name) > MAX_NAME:
+        raise ClientError(f"a name is 1 to {MAX_NAME} characters")
+
+
+def check_text(text: str) -> None:
+    """The client's side of the shared bound (``wire.MAX_TEXT``), in words."""
+    if len(text.encode()) > MAX_TEXT:
+        raise ClientError(f"message too long (the limit is {MAX_TEXT // 1024} KiB)")
+
+
+def safe_filename(name: str, directory: Path) -> Path:
+    """A new file in ``directory`` for a name a sender chose: no path, no control
+    characters, never an existing file (``name (1).ext`` instead)."""
+    base = "".join("_" if visible(ch) != ch else ch for ch in Path(name.replace("\\", "/")).name)
+    base = base.strip() or "attachment"
+    if base in (".", ".."):
+        base = "attachment"
+    stem, suffix = Path(base).stem or base, Path(base).suffix
+    candidate, n = directory / base, 0
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = directory / f"{stem} ({n}){suffix}"
+    return candidate
+
+
+def write_new_file(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a file that must not exist yet (never follows a symlink)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def attachment_summary(attachments: list[Any]) -> list[dict[str, Any]]:
+    """Name and size of each attachment of a history entry (older entries kept names only)."""
+    return [
+        {"name": a.get("name", ""), "size": a.get("size")} if isinstance(a, dict) else {"name": a}
+        for a in attachments
+    ]
 
 
 def now_ms() -> int:
@@ -71,45 +140,94 @@ class Session:
 
 
 class App:
-    def __init__(self, profile: Profile) -> None:
+    """``notify`` receives one-line notes for the user while a command works (the
+    server is being retried; a message was refused), so the CLI can print them."""
+
+    def __init__(self, profile: Profile, notify: Callable[[str], None] | None = None) -> None:
         self.profile = profile
+        self.notify = notify or (lambda _line: None)
 
     # -- profile plumbing ------------------------------------------------------------------------
 
-    def _open(self) -> Session:
+    def _open(self, retries: int = RETRIES) -> Session:
         state = self.profile.load()
         if "device" not in state:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
         device = DeviceState.from_dict(state["device"], secrets.token_bytes)
-        return Session(
-            state, device, ApiClient(state["server"], state.get("credential"), retries=RETRIES)
+        api = ApiClient(
+            state["server"], state.get("credential"), retries=retries, on_retry=self.notify
         )
+        return Session(state, device, api)
 
     def _save(self, s: Session) -> None:
         s.state["device"] = s.device.to_dict()
         self.profile.save(s.state)
 
-    async def run(self, action: Callable[[Session], Awaitable[Any]]) -> Any:
+    async def run(self, action: Callable[[Session], Awaitable[Any]], retries: int = RETRIES) -> Any:
         with self.profile.locked():
-            s = self._open()
+            s = self._open(retries)
             try:
                 return await action(s)
             finally:
                 self._save(s)
                 await s.api.close()
 
+    def local_state(self) -> dict[str, Any]:
+        """The profile's state, read without touching the network."""
+        with self.profile.locked():
+            state = self.profile.load()
+        if "device" not in state:
+            raise ClientError("registration is not finished: run 'parley verify CODE'")
+        return state
+
     # -- registration -----------------------------------------------------------------------------
 
-    async def register(self, phone: str, server: str) -> None:
-        api = ApiClient(server)
+    def _make_room(self, force: bool) -> None:
+        """Refuse to replace a registered profile; with ``force``, set it aside
+        (renamed, never deleted). A registration that was never verified, opened
+        with the same passphrase, is simply started again."""
+        if not self.profile.exists():
+            return
+        if force:
+            return
+        try:
+            state = self.profile.load()
+        except ProfileError as exc:
+            raise ClientError(
+                f"a Parley profile already exists in {self.profile.dir} and was left untouched; "
+                "use another --profile, or add --force to set it aside (renamed, never deleted)"
+            ) from exc
+        if "device" in state:
+            raise ClientError(
+                f"{self.profile.dir} already holds the registered profile of {state.get('phone')}; "
+                "it was left untouched. Use another --profile, or add --force to set it aside "
+                "(renamed, never deleted)"
+            )
+
+    def _set_aside(self, force: bool) -> None:
+        if force and self.profile.exists():
+            moved = self.profile.set_aside()
+            self.notify(f"the previous profile was kept as {moved}")
+
+    async def register(self, phone: str, server: str, force: bool = False) -> str:
+        phone = normalize_phone(phone)
+        self._make_room(force)
+        api = ApiClient(server, retries=RETRIES, on_retry=self.notify)
         try:
             await api.request_code(phone)
         finally:
             await api.close()
+        self._set_aside(force)
         with self.profile.locked():
-            self.profile.create({"server": server.rstrip("/"), "pending_phone": phone})
+            self.profile.create({"server": api.base_url, "pending_phone": phone})
+        return phone
 
     async def verify(self, code: str, name: str | None) -> dict[str, Any]:
+        code = code.strip()
+        if len(code) != 6 or not code.isdigit():
+            raise ClientError("the code is the 6 digits from the SMS")
+        if name is not None:
+            check_name(name)
         with self.profile.locked():
             state = self.profile.load()
             phone = state.get("pending_phone")
@@ -119,7 +237,9 @@ class App:
                 )
             device = DeviceState(IdentityKeyPair.generate(secrets.token_bytes), secrets.token_bytes)
             ot, kem = device.new_one_time_keys(50)
-            api = ApiClient(state["server"], retries=RETRIES)
+            if "device" in state:
+                raise ClientError("this profile is already registered")
+            api = ApiClient(state["server"], retries=RETRIES, on_retry=self.notify)
             try:
                 result = await api.verify(
                     phone,
@@ -150,23 +270,24 @@ class App:
                 "phone": me["phone"],
             }
 
-    async def whoami(self) -> dict[str, Any]:
-        async def act(s: Session) -> dict[str, Any]:
-            return {
-                "phone": s.phone,
-                "name": s.state.get("name", ""),
-                "account_id": s.device.account_id,
-                "device_id": s.device.device_id,
-                "server": s.state["server"],
-                "identity_key": b64e(s.device.identity.public.to_bytes()),
-            }
-
-        return dict(await self.run(act))
+    def whoami(self) -> dict[str, Any]:
+        """Who this profile is, from the profile alone (no network)."""
+        state = self.local_state()
+        device = DeviceState.from_dict(state["device"], secrets.token_bytes)
+        return {
+            "phone": state["phone"],
+            "name": state.get("name", ""),
+            "account_id": device.account_id,
+            "device_id": device.device_id,
+            "server": state["server"],
+            "identity_key": b64e(device.identity.public.to_bytes()),
+        }
 
     # -- contacts and identity -------------------------------------------------------------------
 
     async def _contact(self, s: Session, phone: str) -> dict[str, Any]:
         """Look a phone up and check its identity against what we trusted before."""
+        phone = normalize_phone(phone)
         try:
             info = await s.api.call("GET", f"/v1/directory/{phone}")
         except ServerError as exc:
@@ -264,12 +385,10 @@ class App:
     def _content(
         self, s: Session, text: str, pointers: tuple[AttachmentPointer, ...] = (), **control: Any
     ) -> Content:
+        # The display name travels inside the encryption, with every message.
+        claims = {"from": s.phone, "name": s.state.get("name", "")}
         return Content(
-            s.device.rng(32),
-            now_ms(),
-            text,
-            pointers,
-            json.dumps({"from": s.phone, **control}).encode(),
+            s.device.rng(32), now_ms(), text, pointers, json.dumps({**claims, **control}).encode()
         )
 
     async def _send_to_account(
@@ -288,6 +407,8 @@ class App:
         group: str | None,
         client_id: str,
     ) -> None:
+        if chat == s.phone:
+            return  # a note to yourself already reaches your other devices
         own = await s.api.call("GET", "/v1/devices")
         if len(own["devices"]) > 1:
             sync = self._content(
@@ -313,6 +434,17 @@ class App:
         history.append(entry)
         del history[:-MAX_HISTORY]
 
+    @staticmethod
+    def _pointer_record(p: AttachmentPointer) -> dict[str, Any]:
+        return {
+            "id": p.id,
+            "name": p.name,
+            "size": p.size,
+            "content_type": p.content_type,
+            "key": b64e(p.key),
+            "digest": b64e(p.digest),
+        }
+
     async def send(
         self,
         phone: str,
@@ -320,23 +452,27 @@ class App:
         files: list[tuple[str, bytes, str]],
         progress: Callable[[str, int], None],
     ) -> str:
+        check_text(text)
+
         async def act(s: Session) -> str:
             contact = await self._contact(s, phone)
             self._check_sendable(contact)
+            chat = normalize_phone(phone)
             pointers = await self._upload(s, files, progress)
             client_id = str(uuid.uuid4())
             content = self._content(s, text, pointers, id=client_id)
             await self._send_to_account(s, contact["account_id"], content, client_id)
-            await self._sync(s, text, pointers, phone, None, client_id)
+            await self._sync(s, text, pointers, chat, None, client_id)
             self._record(
                 s,
                 id=client_id,
-                chat=phone,
+                chat=chat,
                 group=None,
                 sender=s.phone,
+                sender_name=s.state.get("name", ""),
                 text=text,
-                attachments=[p.name for p in pointers],
-                sent_at=now_ms(),
+                attachments=[self._pointer_record(p) for p in pointers],
+                sent_at=content.sent_at_ms,
                 outgoing=True,
             )
             return client_id
@@ -386,19 +522,48 @@ class App:
 
         return str(await self.run(act))
 
-    async def group_change(self, gid: str, phone: str, add: bool) -> None:
+    @staticmethod
+    def group_id(state: dict[str, Any], ref: str) -> str:
+        """A group named by its id, or by its name when exactly one group has it."""
+        groups = state.get("groups", {})
+        if ref in groups:
+            return ref
+        named = sorted(g for g, info in groups.items() if info.get("name") == ref)
+        if len(named) == 1:
+            return str(named[0])
+        if named:
+            raise ClientError(
+                f"{len(named)} groups are named {ref!r}: use an id ({', '.join(named)})"
+            )
+        if re.fullmatch(r"[0-9a-f]{32}", ref):
+            return ref
+        raise ClientError(f"no group named {ref!r} (see 'parley group list')")
+
+    async def group_change(self, ref: str, phone: str, add: bool) -> None:
         async def act(s: Session) -> None:
+            gid = self.group_id(s.state, ref)
             account = (await self._contact(s, phone))["account_id"]
             if add:
                 await s.api.call("POST", f"/v1/groups/{gid}/members", {"account_id": account})
             else:
                 await s.api.call("DELETE", f"/v1/groups/{gid}/members/{account}")
+                # The removed member is told, over its 1:1 session (it checks with the
+                # server that it really left before showing it).
+                name = s.state["groups"].get(gid, {}).get("name", gid)
+                told = self._content(
+                    s, "", group={"id": gid, "name": name}, removed=True, id=str(uuid.uuid4())
+                )
+                with contextlib.suppress(ParleyError):
+                    await self._send_to_account(s, account, told, str(uuid.uuid4()))
             await self._announce(s, gid, rotate=not add)
 
         await self.run(act)
 
-    async def group_send(self, gid: str, text: str) -> str:
+    async def group_send(self, ref: str, text: str) -> str:
+        check_text(text)
+
         async def act(s: Session) -> str:
+            gid = self.group_id(s.state, ref)
             members = set(await self._group_members(s, gid)) - {s.device.account_id}
             group = s.device.group(gid)
             if members != group.members or s.state["groups"].get(gid, {}).get("announced") is None:
@@ -416,6 +581,7 @@ class App:
                 chat=gid,
                 group=gid,
                 sender=s.phone,
+                sender_name=s.state.get("name", ""),
                 text=text,
                 attachments=[],
                 sent_at=now_ms(),
@@ -466,16 +632,24 @@ class App:
                 return claimed
         return received.sender
 
+    def _refuse(self, s: Session, sender: str, why: str) -> None:
+        contact = s.state["contacts"].get(sender, {})
+        who = contact.get("phone") or sender
+        self.notify(f"a message from {who} was refused: {why}")
+
     async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:
         if frame["id"] in s.state.setdefault("seen", []):
             return None  # a re-delivery after a crash: shown once
         sender_info = s.state["contacts"].get(frame["sender"])
-        try:
-            received = s.device.open(frame)
-        except RemoteProtocolError:
-            return None
         s.state["seen"].append(frame["id"])
         del s.state["seen"][:-MAX_SEEN]
+        try:
+            received = s.device.open(frame)
+        except RemoteProtocolError as exc:
+            # Undecryptable, forged, replayed, or beyond what a report could carry
+            # (franking.check_reportable): never shown, but never silently.
+            self._refuse(s, str(frame.get("sender")), f"it could not be opened ({exc.code})")
+            return None
         try:
             control = json.loads(received.content.control) if received.content.control else {}
         except ValueError:
@@ -488,41 +662,40 @@ class App:
         sender = await self._sender_phone(
             s, received, control.get("from") if isinstance(control.get("from"), str) else None
         )
-        group_info = control.get("group")
-        if isinstance(group_info, dict) and isinstance(group_info.get("id"), str):
-            entry = s.state["groups"].setdefault(
-                group_info["id"], {"name": group_info["id"], "members": {}}
-            )
-            entry["name"] = str(group_info.get("name") or entry["name"])
-        if not received.content.text and not received.content.attachments:
+        sender_name = self._sender_name(s, received.sender, control.get("name"))
+        event, event_group = await self._group_control(s, received, control)
+        group: str | None
+        if event == "ignored":
+            return None
+        if not received.content.text and not received.content.attachments and event is None:
             return None  # a control message only
-        sync = control.get("sync") if isinstance(control.get("sync"), dict) else None
-        if sync is not None and received.sender == s.device.account_id:
-            chat, group, outgoing = str(sync.get("chat")), sync.get("group"), True
-        elif received.group:
-            chat, group, outgoing = received.group, received.group, False
-        else:
-            chat, group, outgoing = sender, None, False
+        chat, group, outgoing = (
+            (event_group, event_group, False)
+            if event is not None
+            else self._where(s, received, control, sender)
+        )
         # Both sides name a message by the id its sender gave it (inside the
         # franked content), so a receiver can report the id the sender was told.
-        message_id = control.get("id") if isinstance(control.get("id"), str) else received.id
+        # A sender cannot make that name ambiguous: an id already in this profile
+        # (an earlier message's, or one of ours) is refused, never shown.
+        claimed_id = control.get("id")
+        message_id = (
+            claimed_id
+            if isinstance(claimed_id, str) and MESSAGE_ID.fullmatch(claimed_id)
+            else received.id
+        )
+        if any(h.get("id") == message_id for h in s.state.get("history", [])):
+            self._refuse(s, received.sender, "it reuses the id of an earlier message")
+            return None
         entry = {
             "id": message_id,
             "chat": chat,
             "group": group,
             "sender": sender,
+            "sender_name": sender_name,
             "text": received.content.text,
-            "attachments": [
-                {
-                    "id": a.id,
-                    "name": a.name,
-                    "size": a.size,
-                    "content_type": a.content_type,
-                    "key": b64e(a.key),
-                    "digest": b64e(a.digest),
-                }
-                for a in received.content.attachments
-            ],
+            "event": event,
+            "attachments": [self._pointer_record(a) for a in received.content.attachments],
             "sent_at": received.content.sent_at_ms,
             "outgoing": outgoing,
             "franking": {
@@ -543,40 +716,131 @@ class App:
         self._record(s, **entry)
         return entry
 
+    @staticmethod
+    def _where(
+        s: Session, received: Received, control: dict[str, Any], sender: str
+    ) -> tuple[str, str | None, bool]:
+        """(chat, group, outgoing) of a received message."""
+        sync = control.get("sync") if isinstance(control.get("sync"), dict) else None
+        mine = received.sender == s.device.account_id
+        if sync is not None and mine:
+            group = sync.get("group")
+            return str(sync.get("chat")), group if isinstance(group, str) else None, True
+        if received.group:
+            return received.group, received.group, False
+        if mine:
+            return s.phone, None, True  # a note to yourself, from another of your devices
+        return sender, None, False
+
+    @staticmethod
+    def _sender_name(s: Session, sender: str, claimed: object) -> str:
+        """The display name a contact gave itself (inside the encryption)."""
+        if sender == s.device.account_id:
+            return str(s.state.get("name", ""))
+        contact = s.state["contacts"].get(sender)
+        if contact is None:
+            return ""
+        if isinstance(claimed, str) and len(claimed) <= MAX_NAME:
+            contact["name"] = claimed
+        return str(contact.get("name", ""))
+
+    async def _group_control(
+        self, s: Session, received: Received, control: dict[str, Any]
+    ) -> tuple[str | None, str]:
+        """Apply a group's name from a member; ``("removed", gid)`` when a member says it
+        removed us and the server agrees, ``("ignored", gid)`` when the server does not."""
+        info = control.get("group")
+        if not (isinstance(info, dict) and isinstance(info.get("id"), str)):
+            return None, ""
+        gid = info["id"]
+        entry = s.state["groups"].setdefault(gid, {"name": gid, "members": {}})
+        if isinstance(info.get("name"), str) and info["name"]:
+            entry["name"] = info["name"][:MAX_NAME]
+        if control.get("removed") is not True or received.sender == s.device.account_id:
+            return None, gid
+        try:
+            await s.api.call("GET", f"/v1/groups/{gid}")
+        except ServerError as exc:
+            if exc.code == "not_found":
+                entry["left"] = True
+                return "removed", gid
+        return "ignored", gid
+
     async def receive(
-        self, follow: bool, timeout: float, on_message: Callable[[dict[str, Any]], None]
+        self,
+        follow: bool,
+        timeout: float | None,
+        on_message: Callable[[dict[str, Any]], None],
     ) -> int:
-        """Print messages as they arrive; without ``follow``, stop once the queue is drained."""
+        """Show messages as they arrive. Without ``follow``, stop once the queue is
+        drained (or after ``timeout`` seconds without a frame); with ``follow``, listen
+        until interrupted (or ``timeout``), reconnecting when the connection drops."""
+        count = 0
+
+        def counted(entry: dict[str, Any]) -> None:
+            nonlocal count
+            count += 1
+            on_message(entry)
+
         with self.profile.locked():
             s = self._open()
-        count = 0
         try:
-            async with s.api.websocket() as ws:
-                while True:
-                    try:
-                        raw = await ws.recv() if timeout <= 0 else await _wait(ws.recv(), timeout)
-                    except TimeoutError:
-                        return count
-                    frame = json.loads(raw)
-                    if frame.get("type") == "queue_empty":
-                        if not follow:
+            while True:
+                try:
+                    async with s.api.websocket() as ws:
+                        if await self._pump(ws, follow, timeout, counted):
                             return count
-                        continue
-                    if frame.get("type") != "message":
-                        continue
-                    with self.profile.locked():
-                        s2 = self._open()
-                        try:
-                            entry = await self._process(s2, frame)
-                        finally:
-                            self._save(s2)
-                            await s2.api.close()
-                    await ApiClient.ack(ws, [frame["id"]])
-                    if entry is not None:
-                        count += 1
-                        on_message(entry)
+                except websockets.ConnectionClosed as exc:
+                    self._connection_lost(exc, follow)
+                except Unreachable:
+                    if not follow:
+                        raise
+                    self.notify("the server cannot be reached; still trying")
+                await asyncio.sleep(1.0)
         finally:
             await s.api.close()
+
+    async def _pump(
+        self,
+        ws: Any,
+        follow: bool,
+        timeout: float | None,
+        on_message: Callable[[dict[str, Any]], None],
+    ) -> bool:
+        """Handle frames until done (True) or the socket closes (an exception).
+        Each message is committed to the profile before it is acknowledged."""
+        while True:
+            try:
+                raw = await (ws.recv() if timeout is None else _wait(ws.recv(), timeout))
+            except TimeoutError:
+                return True
+            frame = json.loads(raw)
+            if frame.get("type") == "queue_empty" and not follow:
+                return True
+            if frame.get("type") != "message":
+                continue
+            with self.profile.locked():
+                s = self._open()
+                try:
+                    entry = await self._process(s, frame)
+                finally:
+                    self._save(s)
+                    await s.api.close()
+            await ApiClient.ack(ws, [frame["id"]])
+            if entry is not None:
+                on_message(entry)
+
+    def _connection_lost(self, exc: websockets.ConnectionClosed, follow: bool) -> None:
+        code = exc.rcvd.code if exc.rcvd is not None else None
+        if code == 4403:
+            raise ClientError("this device was unlinked or its account closed") from exc
+        if code == 4409:
+            raise ClientError(
+                "another connection of this device took over the push socket"
+            ) from exc
+        if not follow:
+            raise Unreachable("the connection to the server was lost") from exc
+        self.notify("the connection to the server was lost; reconnecting")
 
     async def fetch_attachment(self, attachment: dict[str, Any]) -> bytes:
         async def act(s: Session) -> bytes:
@@ -587,28 +851,60 @@ class App:
 
         return bytes(await self.run(act))
 
+    async def save_attachments(
+        self, message_id: str, directory: Path, progress: Callable[[str, int], None]
+    ) -> list[Path]:
+        """Fetch, decrypt and write every attachment of a message into ``directory``."""
+        entry = self.find_message(message_id)
+        attachments = [a for a in entry.get("attachments", []) if isinstance(a, dict)]
+        if not attachments or any("key" not in a for a in attachments):
+            raise ClientError(f"message {message_id} has no attachment this device can fetch")
+        directory.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for a in attachments:
+            try:
+                data = await self.fetch_attachment(a)
+            except DecryptionError as exc:
+                raise ClientError(
+                    f"the attachment {visible(a.get('name', ''))!r} does not open with its key"
+                ) from exc
+            saved.append(write_new_file(safe_filename(str(a.get("name", "")), directory), data))
+            progress(str(a.get("name", "")), len(data))
+        return saved
+
     # -- reports -------------------------------------------------------------------------------------
 
-    async def report(self, message_id: str, reason: str, context: int, comment: str) -> str:
+    async def report(
+        self, message_id: str, reason: str, context: int, comment: str
+    ) -> dict[str, Any]:
         """Reveal one received message (and up to five before it in the same chat) to
         the platform's moderators, with the franking proof that each was really sent."""
         if not 0 <= context <= MAX_REPORT_CONTEXT:
             raise ClientError(f"--context is 0..{MAX_REPORT_CONTEXT}")
 
-        async def act(s: Session) -> str:
+        async def act(s: Session) -> dict[str, Any]:
             history = s.state.get("history", [])
             index = next((i for i, h in enumerate(history) if h.get("id") == message_id), None)
             if index is None:
                 raise ClientError(f"no message {message_id} in this profile")
             target = history[index]
-            if target.get("outgoing") or "franking" not in target:
+            if target.get("outgoing") or "franking" not in target or target.get("event"):
                 raise ClientError("only messages you received can be reported")
+            delivered = target["franking"]["server_ms"]
             earlier = [
                 h
                 for h in history[:index]
-                if h.get("chat") == target["chat"] and "franking" in h and not h.get("outgoing")
+                if h.get("chat") == target["chat"]
+                and "franking" in h
+                and not h.get("outgoing")
+                and not h.get("event")
+                and h["franking"]["server_ms"] <= delivered
             ]
-            chosen = [target, *reversed(earlier[-context:] if context else [])]
+            # A report is distinct messages in delivery order, the reported one last.
+            context_entries = sorted(
+                earlier[-context:] if context else [], key=lambda h: h["franking"]["server_ms"]
+            )
+            chosen = [*context_entries, target]
 
             def reveal(h: dict[str, Any]) -> dict[str, Any]:
                 f = h["franking"]
@@ -639,9 +935,9 @@ class App:
                     "attachments": attachments,
                 },
             )
-            return str(result["id"])
+            return dict(result)
 
-        return str(await self.run(act))
+        return dict(await self.run(act))
 
     async def notices(self) -> list[dict[str, Any]]:
         async def act(s: Session) -> list[dict[str, Any]]:
@@ -651,7 +947,7 @@ class App:
 
     # -- key transparency: self-monitoring --------------------------------------------------------
 
-    async def keys_check(self, ack: bool = False) -> dict[str, Any]:
+    async def keys_check(self, ack: bool = False, retries: int = RETRIES) -> dict[str, Any]:
         """Check this account's entry in the key directory against what this device knows:
         its own identity key, and the devices the user linked. Anything else is an alarm,
         kept and shown on every command until acknowledged (``ack``)."""
@@ -691,7 +987,7 @@ class App:
                 "version": published["version"],
             }
 
-        return dict(await self.run(act))
+        return dict(await self.run(act, retries))
 
     async def keys_head(self) -> str:
         async def act(s: Session) -> str:
@@ -775,9 +1071,10 @@ class App:
 
         return str(await self.run(act))
 
-    async def link(self, code: str, server: str) -> dict[str, Any]:
+    async def link(self, code: str, server: str, force: bool = False) -> dict[str, Any]:
         lookup, key = _link_keys(code.strip().upper())
-        api = ApiClient(server, retries=RETRIES)
+        self._make_room(force)
+        api = ApiClient(server, retries=RETRIES, on_retry=self.notify)
         try:
             blob = base64.b64decode(
                 (await api.call("POST", "/v1/devices/provisioning/open", {"lookup": b64e(lookup)}))[
@@ -803,10 +1100,11 @@ class App:
         finally:
             await api.close()
         device.account_id, device.device_id = result["account_id"], int(result["device_id"])
+        self._set_aside(force)
         with self.profile.locked():
             self.profile.create(
                 {
-                    "server": server.rstrip("/"),
+                    "server": api.base_url,
                     "phone": payload["phone"],
                     "name": payload.get("name", ""),
                     "credential": result["credential"],
@@ -835,17 +1133,27 @@ class App:
     # -- local data -------------------------------------------------------------------------------------------
 
     def history(self, chat: str) -> list[dict[str, Any]]:
-        with self.profile.locked():
-            state = self.profile.load()
+        """A chat's local history (a phone number, or a group by id or name); no network."""
+        state = self.local_state()
+        try:
+            chat = normalize_phone(chat) if chat.startswith("+") else self.group_id(state, chat)
+        except ClientError:
+            if not any(h.get("chat") == chat for h in state.get("history", [])):
+                raise
         return [
             {k: v for k, v in h.items() if k != "franking"}
+            | {"attachments": attachment_summary(h.get("attachments", []))}
             for h in state.get("history", [])
             if h.get("chat") == chat or h.get("group") == chat
         ]
 
+    def group_names(self) -> dict[str, str]:
+        """Group id -> name, from the profile (no network)."""
+        state = self.local_state()
+        return {g: str(v.get("name") or g) for g, v in state.get("groups", {}).items()}
+
     def find_message(self, message_id: str) -> dict[str, Any]:
-        with self.profile.locked():
-            state = self.profile.load()
+        state = self.local_state()
         for h in state.get("history", []):
             if h.get("id") == message_id:
                 return dict(h)
@@ -871,14 +1179,7 @@ class App:
             ],
             "history": [
                 {k: v for k, v in h.items() if k not in ("franking",)}
-                | {
-                    "attachments": [
-                        {"name": a["name"], "size": a["size"]}
-                        if isinstance(a, dict)
-                        else {"name": a}
-                        for a in h.get("attachments", [])
-                    ]
-                }
+                | {"attachments": attachment_summary(h.get("attachments", []))}
                 for h in state.get("history", [])
             ],
         }
@@ -956,6 +1257,5 @@ def _link_keys(code: str) -> tuple[bytes, bytes]:
 
 
 async def _wait(coro: Awaitable[Any], timeout: float) -> Any:
-    import asyncio
 
     return await asyncio.wait_for(coro, timeout)

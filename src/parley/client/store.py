@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,18 @@ class Profile:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def set_aside(self) -> Path:
+        """Rename the whole profile directory to a new sibling, never deleting it;
+        returns the new path."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target, n = self.dir.with_name(f"{self.dir.name}.replaced-{stamp}"), 0
+        while target.exists():
+            n += 1
+            target = self.dir.with_name(f"{self.dir.name}.replaced-{stamp}-{n}")
+        os.rename(self.dir, target)
+        self._key = None
+        return target
 
     def wipe(self) -> None:
         for path in (self.data_path, self.meta_path, self.dir / "lock"):

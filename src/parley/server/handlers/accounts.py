@@ -18,10 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import phonenumbers
-
 from parley.crypto.primitives import constant_time_equal, hmac_sha256
 from parley.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from parley.phone import InvalidPhone, e164
 from parley.server.config import ServerConfig
 from parley.server.handlers.ratelimit import RateLimiter
 from parley.server.sms import SmsSender
@@ -59,16 +58,9 @@ class Credentials:
 def normalize_phone(raw: str) -> str:
     """E.164, or ``BadRequest(invalid_phone)``."""
     try:
-        number = phonenumbers.parse(raw, None)
-    except phonenumbers.NumberParseException as exc:
-        raise BadRequest(
-            "not a phone number in international format (+CC...)", "invalid_phone"
-        ) from exc
-    if not phonenumbers.is_valid_number(number) or number.extension:
-        raise BadRequest(
-            "not a valid phone number (extensions cannot receive codes)", "invalid_phone"
-        )
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return e164(raw)
+    except InvalidPhone as exc:
+        raise BadRequest(str(exc), "invalid_phone") from exc
 
 
 def day_of(ms: int) -> str:
@@ -142,8 +134,19 @@ class AccountsHandler:
             self._now(),
             self._config.code_attempts,
         )
-        if not ok:
-            raise BadRequest("wrong or expired code", "invalid_code")
+        if ok == "wrong":
+            raise BadRequest("wrong code", "invalid_code")
+        if ok == "exhausted":
+            raise BadRequest(
+                "too many wrong codes: this code no longer works; ask for a new one",
+                "too_many_attempts",
+            )
+        if ok == "none":
+            raise BadRequest(
+                "no code is waiting for this number (it expired, was used, or too many wrong "
+                "codes were tried); ask for a new one",
+                "no_code",
+            )
         token = _new_token()
         now = self._now()
         old = await self._accounts.get_by_phone(phone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,6 +25,8 @@ from parley.server.storage.tables import (
 )
 
 PRIMARY_DEVICE = 1
+
+CodeCheck = Literal["ok", "wrong", "exhausted", "none"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,8 +224,10 @@ class CodeStore:
 
     async def check(
         self, phone: str, matches: Callable[[bytes], bool], now_ms: int, max_attempts: int
-    ) -> bool:
-        """Count an attempt; True (and the code consumed) only if it matches in time."""
+    ) -> CodeCheck:
+        """Count an attempt. ``"ok"`` consumes the code; ``"wrong"`` counts a miss;
+        ``"exhausted"`` means that miss was the last allowed (the code is gone);
+        ``"none"``: no code is waiting (never asked, expired, used or exhausted)."""
         async with self._engine.begin() as conn:
             row = (
                 await conn.execute(
@@ -230,23 +235,23 @@ class CodeStore:
                 )
             ).first()
             if row is None:
-                return False
+                return "none"
+            gone = delete(registration_codes).where(registration_codes.c.phone == phone)
             if row.expires_ms < now_ms or row.attempts >= max_attempts:
-                await conn.execute(
-                    delete(registration_codes).where(registration_codes.c.phone == phone)
-                )
-                return False
+                await conn.execute(gone)
+                return "none"
             if matches(bytes(row.code_hash)):
-                await conn.execute(
-                    delete(registration_codes).where(registration_codes.c.phone == phone)
-                )
-                return True
+                await conn.execute(gone)
+                return "ok"
+            if row.attempts + 1 >= max_attempts:
+                await conn.execute(gone)
+                return "exhausted"
             await conn.execute(
                 update(registration_codes)
                 .where(registration_codes.c.phone == phone)
                 .values(attempts=row.attempts + 1)
             )
-            return False
+            return "wrong"
 
     async def prune(self, now_ms: int) -> None:
         async with self._engine.begin() as conn:
