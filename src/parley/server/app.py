@@ -30,6 +30,7 @@ from parley.errors import ApiError, RateLimited
 from parley.server.api.admin import build_admin_router
 from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
+from parley.server.api.schemas import MAX_REPORT_BODY
 from parley.server.api.websocket import websocket_endpoint
 from parley.server.config import ServerConfig
 from parley.server.disclosure.package import DisclosureReader
@@ -43,7 +44,7 @@ from parley.server.handlers.legal import LegalHandler
 from parley.server.handlers.messages import MessagesHandler
 from parley.server.handlers.moderation import ModerationHandler
 from parley.server.handlers.ratelimit import RateLimiter
-from parley.server.handlers.reports import ReportsHandler
+from parley.server.handlers.reports import MEMBERSHIP_RETENTION_MS, ReportsHandler
 from parley.server.handlers.standing import Standing
 from parley.server.handlers.transparency import TransparencyHandler
 from parley.server.sms import SmsSender, from_spec
@@ -92,18 +93,20 @@ def error_body(code: str, message: str, **details: object) -> dict[str, Any]:
 
 
 class BodyLimit:
-    """Refuse bodies over the limit with a 413 JSON error, before they are buffered."""
+    """Refuse bodies over the limit with a 413 JSON error, before they are buffered.
+    Attachments and reports have their own limits (a report's is the largest one
+    a client may send: ``schemas.MAX_REPORT_BODY``)."""
 
-    def __init__(self, app: ASGIApp, default: int, attachments: int) -> None:
+    def __init__(self, app: ASGIApp, default: int, attachments: int, reports: int) -> None:
         self.app = app
         self.default = default
-        self.attachments = attachments
+        self.by_path = {"/v1/attachments": attachments, "/v1/reports": reports}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.attachments if scope["path"] == "/v1/attachments" else self.default
+        limit = self.by_path.get(scope["path"], self.default)
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._refuse(send, limit)
@@ -256,7 +259,13 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             _maintain(
                 config,
                 queue,
-                [codes.prune, provisioning.prune, blobs.prune, _notices_due(staff_side.legal)],
+                [
+                    codes.prune,
+                    provisioning.prune,
+                    blobs.prune,
+                    _notices_due(staff_side.legal),
+                    lambda now: groups_store.prune_departures(now - MEMBERSHIP_RETENTION_MS),
+                ],
                 connections,
             )
         )
@@ -324,7 +333,10 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
     app.add_middleware(
-        BodyLimit, default=config.max_body_bytes, attachments=config.max_attachment_bytes
+        BodyLimit,
+        default=config.max_body_bytes,
+        attachments=config.max_attachment_bytes,
+        reports=max(config.max_body_bytes, MAX_REPORT_BODY),
     )
     app.add_middleware(InternalErrors)
     return app
@@ -374,7 +386,9 @@ async def build_staff_side(
         config.ip_retention_ms,
         now_ms,
     )
-    reports_handler = ReportsHandler(reports, groups, blobs, limiter, franking_key, now_ms)
+    # Reports are limited from their own table (the limit survives a restart), so
+    # ``limiter`` is no longer used here; the parameter stays for parley-admin.
+    reports_handler = ReportsHandler(reports, groups, blobs, franking_key, now_ms)
     return StaffSide(moderation, reports_handler, notices, legal, legal_store, log)
 
 
