@@ -459,3 +459,35 @@ def test_a_note_to_yourself_shows_once_on_a_linked_device(
     run("alice", "send", alice, "buy milk")
     notes = _received(run, "alice2")
     assert [(m["text"], m["chat"]) for m in notes] == [("buy milk", alice)]
+
+
+# -- reports from the command line ---------------------------------------------------------------------------
+
+
+def test_report_from_the_command_line_in_delivery_order_once(
+    cli: tuple[ServerProcess, Run],
+) -> None:
+    from .test_reports import add_staff, moderator_view
+
+    server, run = cli
+    alice = _register(server, run, "alice")
+    bob = _register(server, run, "bob")
+    for text in ("first", "second", "third"):
+        run("alice", "send", bob, text)
+    run("bob", "send", alice, "bob's own: never part of a report")
+    run("alice", "send", bob, "the abuse")
+    got = _received(run, "bob")
+    reported = next(m for m in got if m["text"] == "the abuse")
+    result = json.loads(
+        run("bob", "report", reported["id"], "--reason", "fraud", "--context", "2", "--json").stdout
+    )
+    moderator = add_staff(server, "mia", "moderator")
+    shown = moderator_view(server, moderator, result["id"])["messages"]["messages"]
+    assert [(m["text"], m["reported"]) for m in shown] == [
+        ("second", False),
+        ("third", False),
+        ("the abuse", True),
+    ]
+    assert [m["delivered_ms"] for m in shown] == sorted(m["delivered_ms"] for m in shown)
+    again = run("bob", "report", reported["id"], "--reason", "fraud")
+    assert again.stdout.strip() == f"You had already reported this message ({result['id']})."

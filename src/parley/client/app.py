@@ -56,6 +56,7 @@ MAX_HISTORY = 10_000
 MAX_SEEN = 5_000
 LINK_CODE_BYTES = 20
 MAX_REPORT_CONTEXT = 5
+MAX_REPORT_COMMENT = 1000
 MAX_NAME = 64
 # What a sender may call its message: the id is how the receiver names it in
 # reports and `attachment save`, so it must be plain and unique in the profile.
@@ -881,6 +882,8 @@ class App:
         the platform's moderators, with the franking proof that each was really sent."""
         if not 0 <= context <= MAX_REPORT_CONTEXT:
             raise ClientError(f"--context is 0..{MAX_REPORT_CONTEXT}")
+        if len(comment) > MAX_REPORT_COMMENT:
+            raise ClientError(f"the comment is limited to {MAX_REPORT_COMMENT} characters")
 
         async def act(s: Session) -> dict[str, Any]:
             history = s.state.get("history", [])
