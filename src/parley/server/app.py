@@ -328,7 +328,9 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ApiError):  # raised while FastAPI read the body (edge.py)
+            return await api_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from parley.protocol.franking import Opening
 from parley.protocol.wire import MAX_CONTROL
 from parley.server.api import schemas as s
+from parley.server.api.edge import StrictRoute
 from parley.server.api.schemas import b64
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.moderation import ModerationHandler
@@ -37,7 +38,7 @@ def build_admin_router(
     moderation: ModerationHandler,
     notices: NoticeStore,
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
     async def user(request: Request) -> Principal:
         host = request.client.host if request.client else "unknown"

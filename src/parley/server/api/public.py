@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from parley.errors import BadRequest, NotFound
+from parley.server.api.edge import LogIndexQuery, LogSizeQuery, StrictRoute
 from parley.server.api.schemas import Body, b64
 from parley.server.api.schemas import enc as _e
 from parley.server.handlers.legal import LegalHandler
@@ -45,7 +46,7 @@ def build_public_router(
     moderation: ModerationHandler,
     clock: Any,
 ) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=StrictRoute)
 
     async def staff(request: Request) -> Staff:
         return await moderation.authenticate(request.headers.get("authorization"))
@@ -64,9 +65,7 @@ def build_public_router(
         }
 
     @router.get("/v1/transparency/entries", tags=["transparency"])
-    async def entries(
-        start: Annotated[int, Query(ge=0)] = 0, end: Annotated[int, Query(ge=0)] = 1000
-    ) -> dict[str, Any]:
+    async def entries(start: LogIndexQuery = 0, end: LogIndexQuery = 1000) -> dict[str, Any]:
         found = await log.entries(start, end)
         return {
             "entries": [
@@ -76,9 +75,7 @@ def build_public_router(
         }
 
     @router.get("/v1/transparency/inclusion", tags=["transparency"])
-    async def inclusion(
-        index: Annotated[int, Query(ge=0)], size: Annotated[int, Query(ge=1)]
-    ) -> dict[str, Any]:
+    async def inclusion(index: LogIndexQuery, size: LogSizeQuery) -> dict[str, Any]:
         return {
             "index": index,
             "size": size,
@@ -86,9 +83,7 @@ def build_public_router(
         }
 
     @router.get("/v1/transparency/consistency", tags=["transparency"])
-    async def consistency(
-        first: Annotated[int, Query(ge=1)], second: Annotated[int, Query(ge=1)]
-    ) -> dict[str, Any]:
+    async def consistency(first: LogSizeQuery, second: LogSizeQuery) -> dict[str, Any]:
         return {
             "first": first,
             "second": second,

@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 
 from parley.errors import BadRequest
 from parley.server.api import schemas as s
+from parley.server.api.edge import DeviceIdPath, StrictRoute
 from parley.server.api.schemas import b64, enc
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.attachments import AttachmentsHandler
@@ -112,7 +113,7 @@ def _message(m: QueuedMessage) -> s.MessageOut:
 
 
 def build_router(h: Handlers) -> APIRouter:  # noqa: PLR0915 - one route table, read top to bottom
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
     async def auth(request: Request) -> Principal:
         return await h.accounts.authenticate(
@@ -220,7 +221,7 @@ def build_router(h: Handlers) -> APIRouter:  # noqa: PLR0915 - one route table, 
         )
 
     @router.delete("/devices/{device_id}", status_code=204, tags=["devices"])
-    async def unlink(device_id: int, who: Auth) -> Response:
+    async def unlink(device_id: DeviceIdPath, who: Auth) -> Response:
         await h.accounts.unlink(who, device_id)
         return Response(status_code=204)
 
@@ -242,7 +243,7 @@ def build_router(h: Handlers) -> APIRouter:  # noqa: PLR0915 - one route table, 
         return s.BundlesOut(identity_key=enc(identity), devices=[_bundle(b) for b in found])
 
     @router.get("/keys/{account_id}/{device_id}", tags=["keys"])
-    async def bundle(account_id: str, device_id: int, who: Auth) -> s.BundlesOut:
+    async def bundle(account_id: str, device_id: DeviceIdPath, who: Auth) -> s.BundlesOut:
         identity, found = await h.keys.fetch(who, account_id, device_id)
         return s.BundlesOut(identity_key=enc(identity), devices=[_bundle(b) for b in found])
 

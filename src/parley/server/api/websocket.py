@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from parley.errors import ApiError, BadRequest
+from parley.server.api import edge
 from parley.server.api.routes import client_ip
 from parley.server.api.schemas import b64
 from parley.server.fanout.local import LocalFanout
@@ -142,9 +142,9 @@ class _Connection:
             if text is None:
                 raise FrameError(CLOSE_POLICY, "binary frames are not part of the protocol")
             try:
-                frame = json.loads(text)
-            except ValueError as exc:
-                raise FrameError(CLOSE_INVALID_DATA, "frame is not JSON") from exc
+                frame = edge.loads(text)  # the same rules as HTTP bodies
+            except BadRequest as exc:
+                raise FrameError(CLOSE_INVALID_DATA, exc.message) from exc
             await self.handle(frame)
 
     async def drain(self) -> None:
