@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from parley.client.api import ApiClient
+from parley.display import join, literal, local_time, visible, with_iso
 from parley.errors import ParleyError, ServerError, Unreachable
 
 out = Console(highlight=False, soft_wrap=True)
@@ -234,10 +235,17 @@ def _public_key(path: Path) -> bytes:
 
 
 def _read_json(path: Path) -> Any:
+    """A JSON file, read by the server's own rules (no lone surrogates, no NUL, bounded
+    numbers and nesting), so what cannot be sent is refused here, in one line."""
+    from parley.errors import BadRequest
+    from parley.server.api.edge import loads
+
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ParleyError(f"cannot read JSON from {path}") from exc
+        return loads(path.read_bytes())
+    except OSError as exc:
+        raise ParleyError(f"cannot read {path}: {exc.strerror}") from exc
+    except BadRequest as exc:
+        raise ParleyError(f"cannot read JSON from {path}: {exc.message}") from exc
 
 
 def _read_text(path: Path) -> bytes:
@@ -310,69 +318,261 @@ async def _remote(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - 
         await api.close()
 
 
+# -- output -----------------------------------------------------------------------------------------
+#
+# Every string in a result may come from another person (a reporter's comment, a
+# reported message and its sender, a staff or authority name, the fields of a court
+# order, audit details) or from a server that is not trusted to be honest. It is
+# printed only through ``display``: rich gets ``Text`` built by ``literal``/``join``
+# (never a markup string), plain lines go through ``visible``, and JSON is written
+# with ``ensure_ascii`` so no control character is ever raw. Times are local date and
+# time for people; JSON keeps the milliseconds and adds ISO 8601 beside them.
+
+
+def _say(*parts: object) -> None:
+    """One line: ``Text`` parts are kept, anything else is shown literally."""
+    out.print(join(*parts))
+
+
+def _json(value: object) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+
+
+def _field(label: str, value: object) -> None:
+    _say(f"  {label:<10} ", "" if value is None else value)
+
+
+def _plain(value: object) -> str:
+    """A value for a line: strings as they are (shown literally by the caller), lists
+    and objects spelled out, so every string inside is shown the same way."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    return json.dumps(value)
+
+
+def _report_json(report: dict[str, Any]) -> dict[str, Any]:
+    shown = with_iso(report, "created_ms", "resolved_ms")
+    content = report.get("messages")
+    if isinstance(content, dict):
+        shown["messages"] = {
+            **content,
+            "messages": [
+                with_iso(m, "sent_at_ms", "delivered_ms") if isinstance(m, dict) else m
+                for m in content.get("messages", [])
+            ],
+        }
+    return shown
+
+
+def _in_delivery_order(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Oldest first, the reported message last among equal times."""
+    return sorted(messages, key=lambda m: (m.get("delivered_ms") or 0, bool(m.get("reported"))))
+
+
+def _render_report(r: dict[str, Any]) -> None:
+    _say("report ", r.get("id"))
+    _field("category", r.get("category"))
+    status = r.get("status")
+    if status == "resolved":
+        status = f"resolved at {local_time(r.get('resolved_ms'))}: {r.get('action')}"
+    _field("status", status)
+    if r.get("note"):
+        _field("note", r["note"])
+    _field("created", local_time(r.get("created_ms")))
+    _field("reporter", r.get("reporter"))
+    _field("sender", r.get("sender_account"))
+    _field("chat", f"group {r['group']}" if r.get("group") else "one-to-one")
+    _field("comment", r.get("comment") or "(none)")
+    content = r.get("messages") or {}
+    messages = _in_delivery_order(list(content.get("messages", [])))
+    _say("messages, oldest first (> marks the reported one):")
+    for m in messages:
+        mark = ">" if m.get("reported") else " "
+        _say(
+            f"{mark} {local_time(m.get('delivered_ms'))}  ",
+            literal(m.get("sender"), style="bold"),
+            ": ",
+            m.get("text", ""),
+        )
+        _say(
+            f"      sent {local_time(m.get('sent_at_ms'))} (the sender's clock), "
+            f"delivered {local_time(m.get('delivered_ms'))}"
+        )
+        for digest in m.get("attachment_digests", []):
+            _say("      attachment SHA-256 ", digest)
+    attachments = content.get("attachments", [])
+    _say("attachments:" if attachments else "attachments: none revealed")
+    for a in attachments:
+        if a.get("available"):
+            state = f"available, {a.get('size')} bytes (in --json as base64)"
+        else:
+            state = f"not available: {a.get('reason') or 'no longer stored'}"
+        _say("  ", a.get("id"), " (SHA-256 ", a.get("digest"), "): ", state)
+
+
+def _render_reports(reports: list[dict[str, Any]]) -> None:
+    table = Table("id", "created", "category", "status", "action", "group", "comment")
+    for r in reports:
+        table.add_row(
+            literal(r.get("id")),
+            literal(local_time(r.get("created_ms"))),
+            literal(r.get("category")),
+            literal(r.get("status")),
+            literal(r.get("action") or ""),
+            literal(r.get("group") or ""),
+            literal(r.get("comment") or ""),
+        )
+    out.print(table)
+
+
+def _render_audit(result: dict[str, Any]) -> None:
+    table = Table("seq", "time", "actor", "action", "target", "details")
+    for e in result["entries"]:
+        table.add_row(
+            literal(e.get("seq")),
+            literal(local_time(e.get("at_ms"))),
+            literal(e.get("actor")),
+            literal(e.get("action")),
+            literal(e.get("target")),
+            literal(_plain(e.get("details"))),
+        )
+    out.print(table)
+    out.print(
+        "chain intact" if result["chain_intact"] else "CHAIN BROKEN: the audit log was altered"
+    )
+
+
+_ORDER_FIELDS = (
+    "order_id",
+    "authority",
+    "jurisdiction",
+    "case_reference",
+    "legal_basis",
+    "offence_category",
+    "target",
+    "requested_data",
+    "time_range",
+    "issued_at",
+    "expires_at",
+    "non_disclosure_until",
+)
+
+
+def _render_legal(command: str, r: dict[str, Any]) -> None:
+    reason = r.get("reason")
+    _say("request ", r.get("id"), ": ", r.get("status"), *((" (", reason, ")") if reason else ()))
+    for part, why in (r.get("refused") or {}).items():
+        _say("  refused ", part, ": ", why)
+    if command == "show":
+        _field("received", local_time(r.get("created_ms")))
+        _field("approvals", len(r.get("approvals") or []))
+        if r.get("granted"):
+            _field("granted", ", ".join(str(g) for g in r["granted"]))
+        _say("the order:")
+        order = r.get("order")
+        if not isinstance(order, dict):
+            order = {}
+        for name in _ORDER_FIELDS:
+            if name in order:
+                _field(name, _plain(order[name]))
+        for name in sorted(set(order) - set(_ORDER_FIELDS)):
+            _field(str(name), _plain(order[name]))
+
+
 def _render(args: argparse.Namespace, result: Any) -> None:  # noqa: PLR0912 - one renderer per command
     as_json = getattr(args, "json", False)
-    if args.command == "legal" and args.legal_command == "export":
+    command = args.command
+    if command == "legal" and args.legal_command == "export":
         fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(result, f, indent=2)
-        out.print(f"Wrote the signed disclosure package to {args.out}")
-    elif args.command == "legal" and args.legal_command == "submit" and as_json:
-        sys.stdout.write(
-            json.dumps({"id": result["id"], "status": result["status"], "reason": result["reason"]})
-            + "\n"
-        )
-    elif args.command == "legal" and not as_json:
-        out.print(
-            f"request {result['id']}: {result['status']}"
-            + (f" ({result['reason']})" if result.get("reason") else "")
-        )
-        for part, why in result.get("refused", {}).items():
-            out.print(f"  refused {part}: {why}")
+        _say("Wrote the signed disclosure package to ", str(args.out))
+    elif command == "legal" and args.legal_command == "submit" and as_json:
+        _json({"id": result["id"], "status": result["status"], "reason": result["reason"]})
+    elif command == "legal" and as_json:
+        _json(with_iso(result, "created_ms"))
+    elif command == "legal":
+        _render_legal(args.legal_command, result)
         if args.legal_command == "submit":
-            sys.stdout.write(result["id"] + "\n")
-    elif args.command == "transparency":
+            sys.stdout.write(visible(result["id"]) + "\n")
+    elif command == "transparency":
         if args.html:
             from parley.server.handlers.report_page import render_html
 
             args.html.write_text(render_html(result))
-        sys.stdout.write(json.dumps(result) + "\n")
-    elif args.command in ("authority", "policy"):
-        sys.stdout.write(json.dumps(result) + "\n")
-    elif args.command == "staff":
+        _json(result)
+    elif command == "authority":
+        if args.authority_command == "add":
+            _say(
+                "Added the authority ",
+                args.name,
+                f" ({args.jurisdiction}), id ",
+                result.get("id"),
+                ".",
+            )
+        else:
+            _say("Revoked the authority ", result.get("revoked", args.name), ".")
+    elif command == "policy":
+        _json(result)
+    elif command == "staff":
         s = result["staff"]
-        out.print(
-            f"Added {s['name']} ({s['role']}), staff id {s['id']}. Their credential, shown once:"
+        _say(
+            "Added ",
+            s["name"],
+            f" ({s['role']}), staff id ",
+            s["id"],
+            ". Their credential, shown once:",
         )
-        sys.stdout.write(result["credential"] + "\n")
-    elif as_json:
-        sys.stdout.write(json.dumps(result) + "\n")
-    elif args.command == "audit":
-        table = Table("seq", "time", "actor", "action", "target")
-        for e in result["entries"]:
-            table.add_row(str(e["seq"]), str(e["at_ms"]), e["actor"], e["action"], e["target"])
-        out.print(table)
-        out.print(
-            "chain intact" if result["chain_intact"] else "CHAIN BROKEN: the audit log was altered"
-        )
-    elif args.reports_command == "list":
-        table = Table("id", "category", "status", "action", "group")
-        for r in result["reports"]:
-            table.add_row(r["id"], r["category"], r["status"], r["action"] or "", r["group"] or "")
-        out.print(table)
+        sys.stdout.write(visible(result["credential"]) + "\n")
+    elif command == "audit":
+        if as_json:
+            entries = [with_iso(e, "at_ms") for e in result["entries"]]
+            _json({**result, "entries": entries})
+        else:
+            _render_audit(result)
+    else:
+        _render_reports_command(args, result, as_json)
+
+
+_DONE = {
+    "warn": "warned",
+    "restrict": "restricted (no new groups or members)",
+    "suspend": "suspended from sending",
+    "ban": "banned",
+}
+
+
+def _render_reports_command(args: argparse.Namespace, result: Any, as_json: bool) -> None:
+    if args.reports_command == "list":
+        reports = result["reports"]
+        if as_json:
+            _json({"reports": [with_iso(r, "created_ms", "resolved_ms") for r in reports]})
+        else:
+            _render_reports(reports)
     elif args.reports_command == "show":
-        out.print(
-            f"report {result['id']}  {result['category']}  {result['status']}  sender {result['sender_account']}"
-        )
-        for m in result["messages"]["messages"]:
-            mark = ">" if m["reported"] else " "
-            out.print(f"{mark} {m['sender']}: {m['text']}", markup=False)
-        for a in result["messages"]["attachments"]:
-            out.print(
-                f"  attachment {a['id']}: {'available, ' + str(a['size']) + ' bytes' if a['available'] else 'no longer stored'}"
+        if as_json:
+            _json(_report_json(result))
+        else:
+            _render_report(result)
+    elif args.reports_command == "resolve":
+        action = result.get("action")
+        if action == "dismiss":
+            _say("Report ", result.get("report"), " dismissed; no action taken.")
+        else:
+            done = _DONE.get(str(action), str(action))
+            _say(
+                "Report ",
+                result.get("report"),
+                " resolved: account ",
+                result.get("account"),
+                f" {done}.",
             )
     else:
-        out.print(json.dumps(result))
+        _say("Removed ", result.get("removed"), " from group ", result.get("group"), ".")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = asyncio.run(_local(args) if args.data_dir else _remote(args))
     except Unreachable as exc:
-        sys.stderr.write(f"parley-admin: server unreachable: {exc.message}\n")
+        sys.stderr.write(f"parley-admin: server unreachable: {visible(exc.message)}\n")
         return 1
     except ServerError as exc:
-        sys.stderr.write(f"parley-admin: refused: {exc.message} ({exc.code})\n")
+        sys.stderr.write(f"parley-admin: refused: {visible(exc.message)} ({visible(exc.code)})\n")
         return 1
     except ParleyError as exc:
-        sys.stderr.write(f"parley-admin: {exc.message}\n")
+        sys.stderr.write(f"parley-admin: {visible(exc.message)}\n")
         return 1
     _render(args, result)
     return 0
