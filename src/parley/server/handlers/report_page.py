@@ -8,10 +8,10 @@ mark it ``"replay": true``; older entries are known by their refusal reason.
 
 from __future__ import annotations
 
-import html
 from collections import defaultdict
 from typing import Any
 
+from parley.display import html_text
 from parley.errors import BadRequest
 from parley.server.handlers.transparency import TransparencyHandler
 
@@ -87,7 +87,12 @@ def _is_replay(body: dict[str, Any]) -> bool:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """A self-contained page with an SVG bar chart of requests by country."""
+    """A self-contained page with an SVG bar chart of requests by country.
+
+    Every value is shown through ``display.html_text`` (controls as escapes, then
+    HTML-escaped): countries and categories come from court orders, and
+    ``parley-admin --html`` renders a report a remote server sent."""
+    e = html_text
     rows = report["by_country"]
     peak = max([v["requests"] for v in rows.values()] or [1])
     bars = []
@@ -98,10 +103,10 @@ def render_html(report: dict[str, Any]) -> str:
         ):
             offset = sum(v[k] for k in ("granted", "partly_granted", "refused")[:j])
             bars.append(
-                f'<rect x="{60 + offset * 400 / peak:.1f}" y="{y}" width="{v[key] * 400 / peak:.1f}" height="24" fill="{colour}"><title>{key}: {v[key]}</title></rect>'
+                f'<rect x="{60 + offset * 400 / peak:.1f}" y="{y}" width="{v[key] * 400 / peak:.1f}" height="24" fill="{colour}"><title>{key}: {e(v[key])}</title></rect>'
             )
         bars.append(
-            f'<text x="0" y="{y + 17}">{html.escape(country)}</text><text x="{66 + v["requests"] * 400 / peak:.1f}" y="{y + 17}">{v["requests"]}</text>'
+            f'<text x="0" y="{y + 17}">{e(country)}</text><text x="{66 + v["requests"] * 400 / peak:.1f}" y="{y + 17}">{e(v["requests"])}</text>'
         )
     height = 20 + 34 * max(len(rows), 1)
 
@@ -112,19 +117,19 @@ def render_html(report: dict[str, Any]) -> str:
             + "</th><th>requests</th><th>accounts affected</th><th>granted</th><th>partly granted</th><th>refused</th><th>pending</th><th>replays</th></tr>"
         )
         body = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{v['requests']}</td><td>{v['accounts']}</td><td>{v['granted']}</td><td>{v['partly_granted']}</td><td>{v['refused']}</td><td>{v['pending']}</td><td>{v.get('replays', 0)}</td></tr>"
+            f"<tr><td>{e(k)}</td><td>{e(v['requests'])}</td><td>{e(v['accounts'])}</td><td>{e(v['granted'])}</td><td>{e(v['partly_granted'])}</td><td>{e(v['refused'])}</td><td>{e(v['pending'])}</td><td>{e(v.get('replays', 0))}</td></tr>"
             for k, v in data.items()
         )
         return f"<table>{head}{body}</table>"
 
     t = report["totals"]
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Parley transparency report {report["quarter"]}</title>
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Parley transparency report {e(report["quarter"])}</title>
 <style>body{{font-family:sans-serif;max-width:860px;margin:2em auto}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head>
-<body><h1>Transparency report {report["quarter"]}</h1>
-<p>{t["requests"]} lawful requests: {t["granted"]} granted, {t["partly_granted"]} partly granted, {t["refused"]} refused, {t["pending"]} pending; {t["accounts"]} accounts affected.
-{t.get("replays", 0)} replays (an order submitted again) were refused and are not counted as requests.
+<body><h1>Transparency report {e(report["quarter"])}</h1>
+<p>{e(t["requests"])} lawful requests: {e(t["granted"])} granted, {e(t["partly_granted"])} partly granted, {e(t["refused"])} refused, {e(t["pending"])} pending; {e(t["accounts"])} accounts affected.
+{e(t.get("replays", 0))} replays (an order submitted again) were refused and are not counted as requests.
 Parley can disclose only a phone number and IP addresses; it never has messages. Every figure is computed from the public transparency log
-(size {report["log_size"]}, root {report["log_root"]}), which anyone can verify with <code>parley audit</code>.</p>
+(size {e(report["log_size"])}, root {e(report["log_root"])}), which anyone can verify with <code>parley audit</code>.</p>
 <h2>Requests by country</h2><svg width="560" height="{height}" role="img" aria-label="requests by country">{"".join(bars)}</svg>
 <p><span style="color:#2a9d8f">■</span> granted <span style="color:#e9c46a">■</span> partly granted <span style="color:#e76f51">■</span> refused</p>
 {table("country", report["by_country"])}<h2>Requests by offence category</h2>{table("category", report["by_category"])}
