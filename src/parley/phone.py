@@ -15,8 +15,7 @@ def e164(raw: str) -> str:
         number = phonenumbers.parse(raw, None)
     except phonenumbers.NumberParseException as exc:
         raise InvalidPhone(
-            "not a phone number in international format (+ and the country code, "
-            "e.g. +14155550123)"
+            "not a phone number in international format (+ and the country code, e.g. +14155550123)"
         ) from exc
     if not phonenumbers.is_valid_number(number) or number.extension:
         raise InvalidPhone("not a valid phone number (extensions cannot receive codes)")

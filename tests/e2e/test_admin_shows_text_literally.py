@@ -32,7 +32,7 @@ from parley.protocol import attachments
 from parley.protocol.franking import direct_conversation
 from parley.protocol.wire import AttachmentPointer
 from parley.server.handlers.report_page import render_html
-from tests.hostile import HOSTILE, assert_shown_safely
+from tests.hostile_text import HOSTILE, assert_shown_safely
 
 from .conftest import register
 from .server import ServerProcess

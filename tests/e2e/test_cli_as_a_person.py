@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from parley.protocol.wire import MAX_TEXT, AttachmentPointer
-from tests.hostile import HOSTILE, assert_shown_safely
+from tests.hostile_text import HOSTILE, assert_shown_safely
 
 from .conftest import new_phone, register
 from .server import ServerProcess
