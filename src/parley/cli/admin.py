@@ -446,6 +446,25 @@ def _render_audit(result: dict[str, Any]) -> None:
     )
 
 
+def checked_report(report: Any) -> dict[str, Any]:
+    """A transparency report as a (possibly hostile) server sent it, checked for the
+    shape the page draws: every count a non-negative integer. Text is escaped by the
+    page; a count that is not a number is a malformed report, said in one line."""
+    buckets: list[Any] = []
+    if isinstance(report, dict):
+        buckets.append(report.get("totals"))
+        for key in ("by_country", "by_category"):
+            group = report.get(key)
+            buckets += list(group.values()) if isinstance(group, dict) else [None]
+    counts = ("requests", "accounts", "granted", "partly_granted", "refused", "pending")
+    for bucket in buckets or [None]:
+        if not isinstance(bucket, dict) or not all(
+            type(bucket.get(k)) is int and bucket[k] >= 0 for k in counts
+        ):
+            raise ParleyError("the server sent a malformed transparency report")
+    return dict(report)
+
+
 _ORDER_FIELDS = (
     "order_id",
     "authority",
@@ -503,7 +522,7 @@ def _render(args: argparse.Namespace, result: Any) -> None:  # noqa: PLR0912 - o
         if args.html:
             from parley.server.handlers.report_page import render_html
 
-            args.html.write_text(render_html(result))
+            args.html.write_text(render_html(checked_report(result)))
         _json(result)
     elif command == "authority":
         if args.authority_command == "add":
