@@ -137,3 +137,16 @@ def postgres_database() -> Iterator[str]:
             check=False,
             capture_output=True,
         )
+
+
+def database_for(kind: str, root: Path, stack: contextlib.ExitStack) -> str:
+    """A database URL for one test server: a file under ``root`` for ``sqlite``, a fresh
+    PostgreSQL database (dropped when ``stack`` closes) for ``postgresql``, or a skip
+    saying why when no PostgreSQL server can be reached."""
+    if kind == "postgresql":
+        if not postgres_available():
+            import pytest
+
+            pytest.skip("PostgreSQL is not reachable at PARLEY_TEST_POSTGRES; .ci/run starts it")
+        return stack.enter_context(postgres_database())
+    return f"sqlite:///{root / 'data' / 'parley.db'}"

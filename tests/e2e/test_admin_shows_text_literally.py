@@ -25,17 +25,15 @@ import httpx
 import pytest
 
 from parley.client.api import b64e
-from parley.client.device import Received
-from parley.client.messenger import Messenger
 from parley.display import html_text, iso_time, local_time, visible
 from parley.protocol import attachments
-from parley.protocol.franking import direct_conversation
 from parley.protocol.wire import AttachmentPointer
 from parley.server.handlers.report_page import render_html
 from tests.hostile_text import HOSTILE, assert_shown_safely
 
 from .conftest import register
 from .server import ServerProcess
+from .test_reports import reveal
 
 # Command-line arguments cannot hold NUL; request bodies refuse it outside franked text.
 NO_NUL = [h for h in HOSTILE if "\x00" not in h]
@@ -68,21 +66,6 @@ def run_admin(
     assert done.returncode == 0, done.stderr
     assert_shown_safely(done.stderr, [])
     return done.stdout
-
-
-def _reveal(m: Received, reporter: Messenger) -> dict[str, Any]:
-    return {
-        "franking_key": b64e(m.content.franking_key),
-        "sender": m.sender,
-        "conversation": direct_conversation(m.sender, reporter.account_id),
-        "sent_at_ms": m.content.sent_at_ms,
-        "text": m.content.text,
-        "attachment_digests": [b64e(a.digest) for a in m.content.attachments],
-        "control": b64e(m.content.control),
-        "commitment": b64e(m.commitment),
-        "server_ms": m.server_ms,
-        "tag": b64e(m.franking_tag),
-    }
 
 
 class World:
@@ -125,7 +108,7 @@ class World:
                 {
                     "category": "fraud",
                     "comment": comment,
-                    "messages": [_reveal(m, bob) for m in chunk],
+                    "messages": [reveal(m, bob) for m in chunk],
                     "attachments": shown_files,
                 },
             )

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from parley.client.api import ApiClient
 
 from .conftest import register
-from .server import ServerProcess, postgres_available, postgres_database
+from .server import ServerProcess, database_for
 
 Live = tuple[ServerProcess, str, list[tuple[str, str, dict[str, Any]]], list[str]]
 
@@ -98,12 +98,7 @@ def live(
 ) -> Iterator[Live]:
     root: Path = tmp_path_factory.mktemp("fuzz")
     with contextlib.ExitStack() as stack:
-        if request.param == "postgresql":
-            if not postgres_available():
-                pytest.skip("PostgreSQL is not reachable at PARLEY_TEST_POSTGRES")
-            url = stack.enter_context(postgres_database())
-        else:
-            url = f"sqlite:///{root / 'data' / 'parley.db'}"
+        url = database_for(request.param, root, stack)
         server = ServerProcess(root, url, extra=["--registrations-per-ip-hour", "100000"])
         server.start()
         user = asyncio.run(register(server))

@@ -29,19 +29,14 @@ from parley.protocol.franking import direct_conversation
 from parley.protocol.wire import AttachmentPointer, Content
 
 from .conftest import new_phone, register
-from .server import ServerProcess, free_port, postgres_available, postgres_database
+from .server import ServerProcess, database_for, free_port
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def verbose_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
     """A server with Parley's own loggers at DEBUG."""
     with contextlib.ExitStack() as stack:
-        if request.param == "postgresql":
-            if not postgres_available():
-                pytest.skip("PostgreSQL is not reachable at PARLEY_TEST_POSTGRES")
-            url = stack.enter_context(postgres_database())
-        else:
-            url = f"sqlite:///{tmp_path / 'data' / 'parley.db'}"
+        url = database_for(request.param, tmp_path, stack)
         proc = ServerProcess(tmp_path, url, extra=["--log-level", "debug"])
         proc.start()
         yield proc
