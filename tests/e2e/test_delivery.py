@@ -144,7 +144,8 @@ async def test_one_time_prekeys_are_handed_out_exactly_once_under_concurrency(
     server: ServerProcess,
 ) -> None:
     owner = await register(server)  # uploaded 20 of each kind
-    fetchers = [await register(server) for _ in range(3)]
+    # 5 fetches per requester and contact (the drain limit), so ten requesters
+    fetchers = [await register(server) for _ in range(10)]
 
     async def fetch(m: Messenger) -> tuple[int | None, int, bool]:
         bundles = await m.api.call("GET", f"/v1/keys/{owner.account_id}")
@@ -156,7 +157,7 @@ async def test_one_time_prekeys_are_handed_out_exactly_once_under_concurrency(
             d["kem_prekey"]["last_resort"],
         )
 
-    results = await asyncio.gather(*[fetch(fetchers[i % 3]) for i in range(30)])
+    results = await asyncio.gather(*[fetch(fetchers[i % 10]) for i in range(30)])
     one_time = [r[0] for r in results if r[0] is not None]
     kem = [r[1] for r in results if not r[2]]
     assert len(one_time) == 20 and len(set(one_time)) == 20
@@ -169,15 +170,16 @@ async def test_one_time_prekeys_are_handed_out_exactly_once_under_concurrency(
 
 
 async def test_prekeys_low_is_pushed_to_the_owner(server: ServerProcess) -> None:
-    owner, other = await register(server), await register(server)
+    owner = await register(server)
+    others = [await register(server) for _ in range(3)]
     async with owner.api.websocket() as ws:
         await owner.receive(ws)
-        for _ in range(12):
-            await other.api.call("GET", f"/v1/keys/{owner.account_id}")
+        for i in range(12):
+            await others[i % 3].api.call("GET", f"/v1/keys/{owner.account_id}")
         frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert frame["type"] == "prekeys_low" and frame["one_time_prekeys"] < 10
-    await owner.api.close()
-    await other.api.close()
+    for m in [owner, *others]:
+        await m.api.close()
 
 
 async def test_each_delivered_message_carries_a_valid_server_franking_tag(

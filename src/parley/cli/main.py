@@ -366,6 +366,7 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
         # server is down, the command itself says so.
         with contextlib.suppress(ParleyError):
             await app.keys_check(retries=0)
+            await app.maintain_keys(retries=0)  # rotate prekeys when due, refill when low
     if args.command not in ("register", "verify", "link"):
         for warning in app.warnings():
             note(warning, style="yellow")

@@ -34,7 +34,7 @@ import websockets
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
-from parley.client.kt import head_code, signed_head, verified_lookup
+from parley.client.kt import KeyTransparencyError, head_code, signed_head, verified_lookup
 from parley.client.store import Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.display import visible
@@ -63,6 +63,8 @@ MAX_NAME = 64
 MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 # Idempotent calls are retried for about 7 s when the server cannot be reached.
 RETRIES = 5
+KT_GRACE_S = 3.0
+REFILL = 50  # one-time prekeys of each kind uploaded when the server says they run low
 
 
 class ClientError(ParleyError):
@@ -252,8 +254,10 @@ class App:
             finally:
                 await api.close()
             device.account_id, device.device_id = result["account_id"], int(result["device_id"])
+            device.prekeys_rotated_ms = now_ms()  # the keys just uploaded are fresh
             state.pop("pending_phone")
             state.update(
+                prekeys_uploaded_ms=device.prekeys_rotated_ms,
                 phone=me["phone"],
                 name=name or "",
                 credential=result["credential"],
@@ -287,7 +291,8 @@ class App:
     # -- contacts and identity -------------------------------------------------------------------
 
     async def _contact(self, s: Session, phone: str) -> dict[str, Any]:
-        """Look a phone up and check its identity against what we trusted before."""
+        """Look a phone up; its identity is the one the key directory proves (never the
+        server's word alone), checked against what we trusted before."""
         phone = normalize_phone(phone)
         try:
             info = await s.api.call("GET", f"/v1/directory/{phone}")
@@ -295,7 +300,56 @@ class App:
             if exc.code == "not_found":
                 raise ClientError(f"{phone} is not on Parley") from exc
             raise
+        published = await self._published(s, str(info["account_id"]))
+        if b64e(published["identity_key"]) != info["identity_key"]:
+            raise KeyTransparencyError(
+                f"the server's identity key for {phone} is not the one in the key directory"
+            )
         return self._remember(s, info["account_id"], info["identity_key"], phone=phone)
+
+    async def _published(self, s: Session, account_id: str) -> dict[str, Any]:
+        """An account's identity and devices as the key directory proves them, waiting
+        briefly for an epoch in progress (a brand-new account)."""
+        deadline = time.monotonic() + KT_GRACE_S
+        while True:
+            try:
+                return await verified_lookup(s.api, account_id)
+            except ServerError as exc:
+                if exc.code != "not_found" or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.3)
+
+    async def _first_message_refusal(  # noqa: PLR0911 - one answer per rule
+        self, s: Session, frame: dict[str, Any], claimed: bytes
+    ) -> str | None:
+        """Why a first message (PreKeyMessage) must be refused, or None. Its identity
+        must be the sender's as the key directory proves it, or as pinned for that
+        contact, and its device one the directory lists: a server that builds a first
+        message under its own key and labels it as someone's is refused here."""
+        sender, device = str(frame["sender"]), int(frame["sender_device"])
+        try:
+            published = await self._published(s, sender)
+        except ParleyError:
+            return "the key directory does not confirm its sender's keys"
+        if device not in published["devices"]:
+            return "it comes from a device the key directory does not list for its sender"
+        if sender == s.device.account_id:
+            mine = s.device.identity.public.to_bytes()
+            return None if claimed == mine else "it claims your account under another identity"
+        contact = s.state["contacts"].get(sender)
+        pinned = base64.b64decode(contact["identity"]) if contact else None
+        if claimed == published["identity_key"]:
+            if pinned is not None and pinned != claimed:
+                record = self._remember(s, sender, b64e(claimed))  # the identity-change flow
+                if record["verified"]:
+                    return (
+                        "it comes under a new identity of a contact you verified; compare "
+                        "the safety number again before you trust it"
+                    )
+            return None
+        if pinned is not None and pinned == claimed:
+            return None
+        return "its identity is neither the key directory's nor the one you know for the sender"
 
     def _remember(
         self, s: Session, account_id: str, identity_key: str, phone: str | None = None
@@ -638,13 +692,19 @@ class App:
         who = contact.get("phone") or sender
         self.notify(f"a message from {who} was refused: {why}")
 
-    async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:
+    async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:  # noqa: PLR0911 - each refusal ends here
         if frame["id"] in s.state.setdefault("seen", []):
             return None  # a re-delivery after a crash: shown once
         sender_info = s.state["contacts"].get(frame["sender"])
         s.state["seen"].append(frame["id"])
         del s.state["seen"][:-MAX_SEEN]
         try:
+            claimed = s.device.first_message_identity(frame)
+            if claimed is not None:
+                refusal = await self._first_message_refusal(s, frame, claimed)
+                if refusal:
+                    self._refuse(s, str(frame.get("sender")), refusal)
+                    return None
             received = s.device.open(frame)
         except RemoteProtocolError as exc:
             # Undecryptable, forged, replayed, or beyond what a report could carry
@@ -658,8 +718,12 @@ class App:
         if not isinstance(control, dict):
             control = {}
         if sender_info is None and received.sender != s.device.account_id:
-            contact = await s.api.call("GET", f"/v1/accounts/{received.sender}")
-            self._remember(s, received.sender, contact["identity_key"])
+            try:
+                published = await self._published(s, received.sender)
+            except ParleyError:
+                self._refuse(s, received.sender, "the key directory does not confirm its sender")
+                return None
+            self._remember(s, received.sender, b64e(published["identity_key"]))
         sender = await self._sender_phone(
             s, received, control.get("from") if isinstance(control.get("from"), str) else None
         )
@@ -818,6 +882,15 @@ class App:
             frame = json.loads(raw)
             if frame.get("type") == "queue_empty" and not follow:
                 return True
+            if frame.get("type") == "prekeys_low":
+                with self.profile.locked():
+                    s = self._open()
+                    try:
+                        await self._maintain_keys(s)
+                    finally:
+                        self._save(s)
+                        await s.api.close()
+                continue
             if frame.get("type") != "message":
                 continue
             with self.profile.locked():
@@ -992,6 +1065,36 @@ class App:
 
         return dict(await self.run(act, retries))
 
+    async def maintain_keys(self, retries: int = RETRIES) -> dict[str, Any]:
+        """Rotate the signed and last-resort prekeys when due and refill one-time
+        prekeys when the server says they run low; upload what changed."""
+
+        async def act(s: Session) -> dict[str, Any]:
+            return await self._maintain_keys(s)
+
+        return dict(await self.run(act, retries))
+
+    async def _maintain_keys(self, s: Session) -> dict[str, Any]:
+        rotated = s.device.rotate_if_due(now_ms())
+        # keys rotated but not yet uploaded (a failed upload) go up next time
+        unsent = s.state.get("prekeys_uploaded_ms", 0) < s.device.prekeys_rotated_ms
+        status = await s.api.call("GET", "/v1/keys/status")
+        ot, kem = s.device.new_one_time_keys(REFILL) if status["low"] else ([], [])
+        if unsent or ot:
+            fresh = rotated or unsent
+            await s.api.call(
+                "PUT",
+                "/v1/keys",
+                keys_json(
+                    s.device.signed_prekey if fresh else None,
+                    s.device.kem_last_resort if fresh else None,
+                    ot,
+                    kem,
+                ),
+            )
+            s.state["prekeys_uploaded_ms"] = s.device.prekeys_rotated_ms
+        return {"rotated": rotated, "one_time_added": len(ot)}
+
     async def keys_head(self) -> str:
         async def act(s: Session) -> str:
             head, _ = await signed_head(s.api)
@@ -1103,6 +1206,7 @@ class App:
         finally:
             await api.close()
         device.account_id, device.device_id = result["account_id"], int(result["device_id"])
+        device.prekeys_rotated_ms = now_ms()  # the keys just uploaded are fresh
         self._set_aside(force)
         with self.profile.locked():
             self.profile.create(
@@ -1119,6 +1223,7 @@ class App:
                     "seen": [],
                     # this device trusts the account's devices as they were when it joined
                     "kt": {"devices": linked_devices, "expected_links": 0, "alarms": []},
+                    "prekeys_uploaded_ms": device.prekeys_rotated_ms,
                 }
             )
         return {

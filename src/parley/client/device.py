@@ -15,7 +15,7 @@ from typing import Any
 
 from parley.crypto.primitives import DHKeyPair, KemKeyPair
 from parley.crypto.random import Random
-from parley.errors import MalformedMessage
+from parley.errors import DecryptionError, DuplicateMessage, MalformedMessage
 from parley.protocol import session as sessions
 from parley.protocol.franking import direct_conversation
 from parley.protocol.keys import IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey
@@ -32,6 +32,15 @@ from parley.protocol.wire import (
 )
 
 CONTROL_SENDER_KEY = "sender_key"
+# Prekey lifecycle (as Signal's clients): the signed prekey and the last-resort
+# ML-KEM prekey are replaced every ROTATION_MS; the retired private keys are kept
+# for GRACE_MS so first messages built from a bundle fetched before the rotation
+# still open, then deleted (forward secrecy for first messages).
+ROTATION_MS = 7 * 86_400_000
+GRACE_MS = 30 * 86_400_000
+# Earlier sessions kept per peer device, so a peer that re-initiated (or whose
+# messages on the old session are still in flight) is still understood.
+MAX_PREVIOUS_SESSIONS = 5
 
 
 def _b(text: str) -> bytes:
@@ -85,6 +94,14 @@ class DeviceState:
         self.kem_one_time: dict[int, KemPreKey] = {}
         self.sessions: dict[tuple[str, int], sessions.Session] = {}
         self.groups: dict[str, GroupSession] = {}
+        self.prekeys_rotated_ms = 0
+        self.retired_signed: dict[int, tuple[SignedPreKey, int]] = {}
+        self.retired_kem: dict[int, tuple[KemPreKey, int]] = {}
+        # Base keys of the first messages accepted, per signed prekey id: a first
+        # message is accepted once (a replay under another device id, or after the
+        # session changed, is refused). Dropped with the signed prekey's private key.
+        self.base_keys: dict[int, set[bytes]] = {}
+        self.previous: dict[tuple[str, int], list[sessions.Session]] = {}
 
     def _key_id(self) -> int:
         self._next_key_id += 1
@@ -96,6 +113,59 @@ class DeviceState:
         self.one_time.update({k.id: k for k in ot})
         self.kem_one_time.update({k.id: k for k in kem})
         return ot, kem
+
+    def rotate_if_due(self, now_ms: int) -> bool:
+        """Replace the signed and last-resort prekeys if they are older than ``ROTATION_MS``
+        (retiring the old ones for ``GRACE_MS``) and forget keys past their grace.
+        True if new keys were made (the caller uploads them)."""
+        for table in (self.retired_signed, self.retired_kem):
+            for key_id in [k for k, (_, at) in table.items() if now_ms - at > GRACE_MS]:
+                del table[key_id]
+        for key_id in [k for k in self.base_keys if k not in self._signed_ids()]:
+            del self.base_keys[key_id]
+        if now_ms - self.prekeys_rotated_ms < ROTATION_MS:
+            return False
+        self.retired_signed[self.signed_prekey.id] = (self.signed_prekey, now_ms)
+        self.retired_kem[self.kem_last_resort.id] = (self.kem_last_resort, now_ms)
+        self.signed_prekey = SignedPreKey.generate(self.identity, self._key_id(), self.rng)
+        self.kem_last_resort = KemPreKey.generate(
+            self.identity, self._key_id(), self.rng, last_resort=True
+        )
+        self.prekeys_rotated_ms = now_ms
+        return True
+
+    def _signed_ids(self) -> set[int]:
+        return {self.signed_prekey.id, *self.retired_signed}
+
+    def _signed_prekey(self, key_id: int) -> SignedPreKey:
+        if key_id == self.signed_prekey.id:
+            return self.signed_prekey
+        if key_id in self.retired_signed:
+            return self.retired_signed[key_id][0]
+        raise MalformedMessage("prekey message names an unknown or expired signed prekey")
+
+    def _kem_prekey(self, key_id: int) -> KemPreKey:
+        if key_id == self.kem_last_resort.id:
+            return self.kem_last_resort
+        if key_id in self.retired_kem:
+            return self.retired_kem[key_id][0]
+        if key_id in self.kem_one_time:
+            return self.kem_one_time[key_id]
+        raise MalformedMessage("prekey message names an unknown KEM prekey")
+
+    @staticmethod
+    def first_message_identity(frame: dict[str, Any]) -> bytes | None:
+        """The identity a first message (PreKeyMessage) claims, before anything is
+        decrypted, so the caller can check it against the verified one; None for
+        any other message."""
+        envelope = decode_envelope(_b(frame["envelope"]))
+        if isinstance(envelope, PreKeyMessage):
+            return envelope.identity.to_bytes()
+        return None
+
+    def peer_identity(self, account_id: str, device_id: int) -> bytes | None:
+        session = self.sessions.get((account_id, device_id))
+        return None if session is None else session.peer.to_bytes()
 
     # -- 1:1 ----------------------------------------------------------------------------------
 
@@ -148,41 +218,74 @@ class DeviceState:
     def _open_direct(
         self, sender: str, device: int, envelope: RatchetMessage | PreKeyMessage
     ) -> Content:
+        """Theory of operation: a message is tried on the current session with that
+        device, then on the earlier ones (promoting the one that opens it). A first
+        message whose base key no session has starts a new session, once: its base
+        key is remembered under its signed prekey, so the same first message is
+        refused if it comes again (under another device id, or after the session
+        changed). Every decryption works on a copy and commits only on success."""
         conversation = direct_conversation(self.account_id, sender)
-        existing = self.sessions.get((sender, device))
-        if isinstance(envelope, PreKeyMessage) and (
-            existing is None or existing.base_key != envelope.base_key
-        ):
-            opk = None
-            if envelope.one_time_prekey_id is not None:
-                if envelope.one_time_prekey_id not in self.one_time:
-                    raise MalformedMessage("prekey message names an unknown or used one-time key")
-                opk = self.one_time[envelope.one_time_prekey_id].key
-            if envelope.kem_prekey_id == self.kem_last_resort.id:
-                kem = self.kem_last_resort.key
-            elif envelope.kem_prekey_id in self.kem_one_time:
-                kem = self.kem_one_time[envelope.kem_prekey_id].key
-            else:
-                raise MalformedMessage("prekey message names an unknown KEM prekey")
-            if envelope.signed_prekey_id != self.signed_prekey.id:
-                raise MalformedMessage("prekey message names an unknown signed prekey")
-            session, content = sessions.accept(
-                self.identity,
-                envelope,
-                self.signed_prekey.key,
-                opk,
-                kem,
-                sender,
-                conversation,
-                self.rng,
-            )
-            self.one_time.pop(envelope.one_time_prekey_id or -1, None)
-            self.kem_one_time.pop(envelope.kem_prekey_id, None)
-            self.sessions[(sender, device)] = session
-            return content
-        if existing is None:
-            raise MalformedMessage("message for a session this device does not have")
-        return existing.decrypt(envelope, sender, conversation, self.rng)
+        key = (sender, device)
+        existing = self.sessions.get(key)
+        candidates = [x for x in (existing, *self.previous.get(key, [])) if x is not None]
+        if isinstance(envelope, PreKeyMessage):
+            for known in candidates:
+                if known.base_key == envelope.base_key:
+                    return self._decrypt_on(key, known, envelope, sender, conversation)
+            return self._accept(key, existing, envelope, sender, conversation)
+        failure: Exception = MalformedMessage("message for a session this device does not have")
+        for known in candidates:
+            try:
+                return self._decrypt_on(key, known, envelope, sender, conversation)
+            except DecryptionError as exc:
+                failure = exc
+        raise failure
+
+    def _decrypt_on(
+        self,
+        key: tuple[str, int],
+        session: sessions.Session,
+        envelope: RatchetMessage | PreKeyMessage,
+        sender: str,
+        conversation: str,
+    ) -> Content:
+        content = session.decrypt(envelope, sender, conversation, self.rng)
+        current = self.sessions.get(key)
+        if current is not session:  # an earlier session spoke: it is current again
+            earlier = [x for x in self.previous.get(key, []) if x is not session]
+            self.previous[key] = ([current] if current else []) + earlier
+            self.previous[key] = self.previous[key][:MAX_PREVIOUS_SESSIONS]
+            self.sessions[key] = session
+        return content
+
+    def _accept(
+        self,
+        key: tuple[str, int],
+        existing: sessions.Session | None,
+        envelope: PreKeyMessage,
+        sender: str,
+        conversation: str,
+    ) -> Content:
+        spk = self._signed_prekey(envelope.signed_prekey_id)
+        if envelope.base_key in self.base_keys.get(spk.id, set()):
+            raise DuplicateMessage("a first message that was already accepted, sent again")
+        opk = None
+        if envelope.one_time_prekey_id is not None:
+            if envelope.one_time_prekey_id not in self.one_time:
+                raise MalformedMessage("prekey message names an unknown or used one-time key")
+            opk = self.one_time[envelope.one_time_prekey_id].key
+        kem = self._kem_prekey(envelope.kem_prekey_id)
+        session, content = sessions.accept(
+            self.identity, envelope, spk.key, opk, kem.key, sender, conversation, self.rng
+        )
+        self.one_time.pop(envelope.one_time_prekey_id or -1, None)
+        self.kem_one_time.pop(envelope.kem_prekey_id, None)
+        self.base_keys.setdefault(spk.id, set()).add(envelope.base_key)
+        if existing is not None:
+            earlier = [existing, *self.previous.get(key, [])]
+            self.previous[key] = earlier[:MAX_PREVIOUS_SESSIONS]
+        self.sessions[key] = session
+        return content
 
     # -- groups ---------------------------------------------------------------------------------
 
@@ -229,6 +332,16 @@ class DeviceState:
             "one_time": [[k.id, e(k.key.private_bytes())] for k in self.one_time.values()],
             "kem_one_time": [kem(k) for k in self.kem_one_time.values()],
             "sessions": {f"{a} {d}": e(x.to_bytes()) for (a, d), x in self.sessions.items()},
+            "previous": {
+                f"{a} {d}": [e(x.to_bytes()) for x in xs] for (a, d), xs in self.previous.items()
+            },
+            "prekeys_rotated_ms": self.prekeys_rotated_ms,
+            "retired_signed": [
+                [k.id, e(k.key.private_bytes()), e(k.signature), at]
+                for k, at in self.retired_signed.values()
+            ],
+            "retired_kem": [[*kem(k), at] for k, at in self.retired_kem.values()],
+            "base_keys": {str(i): sorted(e(b) for b in keys) for i, keys in self.base_keys.items()},
             "groups": {gid: e(group_to_bytes(g)) for gid, g in self.groups.items()},
         }
 
@@ -257,4 +370,25 @@ class DeviceState:
             account, device = key.rsplit(" ", 1)
             state.sessions[(account, int(device))] = sessions.Session.from_bytes(_b(blob))
         state.groups = {gid: group_from_bytes(_b(blob)) for gid, blob in data["groups"].items()}
+        # Fields added later default to what an older profile implies.
+        state.previous = {}
+        for key, blobs in data.get("previous", {}).items():
+            account, device = key.rsplit(" ", 1)
+            state.previous[(account, int(device))] = [
+                sessions.Session.from_bytes(_b(x)) for x in blobs
+            ]
+        state.prekeys_rotated_ms = int(data.get("prekeys_rotated_ms", 0))
+        state.retired_signed = {
+            int(v[0]): (
+                SignedPreKey(int(v[0]), DHKeyPair.from_private_bytes(_b(v[1])), _b(v[2])),
+                int(v[3]),
+            )
+            for v in data.get("retired_signed", [])
+        }
+        state.retired_kem = {
+            int(v[0]): (kem(v[:4]), int(v[4])) for v in data.get("retired_kem", [])
+        }
+        state.base_keys = {
+            int(i): {_b(x) for x in keys} for i, keys in data.get("base_keys", {}).items()
+        }
         return state

@@ -84,6 +84,13 @@ class Messenger:
         ]
         for _ in range(MAX_STALE_RETRIES):
             await self._check_keys(account_id, contact["identity_key"], contact["devices"])
+            # Before every encryption: a session encrypts only to the identity just
+            # verified; a session with any other peer identity is dropped, never used.
+            verified = base64.b64decode(contact["identity_key"])
+            for d in devices:
+                if self.state.peer_identity(account_id, d) not in (None, verified):
+                    self.state.sessions.pop((account_id, d), None)
+                    self.state.previous.pop((account_id, d), None)
             missing = [d for d in devices if not self.state.has_session(account_id, d)]
             if missing:
                 bundles: dict[str, Any] = await self.api.call("GET", f"/v1/keys/{account_id}")

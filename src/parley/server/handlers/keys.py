@@ -19,6 +19,7 @@ from parley.server.handlers.ratelimit import RateLimiter
 from parley.server.storage.keys import DeviceBundle, KemKey, KeyStore, OneTimeKey, SignedKey
 
 MAX_ONE_TIME_UPLOAD = 200
+BUNDLES_PER_CONTACT = 5  # then one more every 10 minutes, per requester and contact
 
 
 class KeysHandler:
@@ -72,6 +73,12 @@ class KeysHandler:
     ) -> tuple[bytes, list[DeviceBundle]]:
         """The identity key and a bundle per device (or for one device)."""
         self._limiter.check("bundle", who.account_id, 200, 2)
+        if account_id != who.account_id:
+            # One account cannot drain another's one-time prekeys: a session needs
+            # one bundle per device, so a few fetches per contact are plenty.
+            self._limiter.check(
+                "bundle-contact", f"{who.account_id}:{account_id}", BUNDLES_PER_CONTACT, 1 / 600
+            )
         account = await self._accounts.account(account_id)
         device_ids = await self._accounts.device_ids(account_id)
         if device is not None:
