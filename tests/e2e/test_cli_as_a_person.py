@@ -177,8 +177,10 @@ async def test_a_sender_cannot_reuse_message_ids(
                 bob_account, mallory.content("abuse", control=control(reused))
             )
         result = run("bob", "receive", "--json", "--timeout", "5")
-        assert result.stdout.strip() == ""  # neither is shown under a taken name...
-        assert result.stderr.count("reuses the id of an earlier message") == 2  # ...nor silently
+        events = [json.loads(x) for x in result.stdout.splitlines()]
+        # neither is shown under a taken name, nor silently
+        assert [(e.get("event"), e.get("text")) for e in events] == [("refused", None)] * 2
+        assert result.stderr.count("reuses the id of an earlier message") == 2
         history = [
             json.loads(x)
             for x in run("bob", "history", mallory_phone, "--json").stdout.splitlines()
@@ -199,7 +201,8 @@ async def test_a_message_a_report_could_not_carry_is_refused_not_shown(
         late = type(content)(content.franking_key, 2**64 - 1, content.text, (), content.control)
         await mallory.send_content(_account(run, "bob"), late)
         result = run("bob", "receive", "--json", "--timeout", "5")
-        assert result.stdout.strip() == ""
+        (event,) = [json.loads(x) for x in result.stdout.splitlines()]
+        assert event["event"] == "refused" and "text" not in event
         assert "was refused" in result.stderr and result.returncode == 0
     finally:
         await mallory.api.close()

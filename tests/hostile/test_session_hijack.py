@@ -27,9 +27,14 @@ def _account(tmp: Path, profile: str) -> str:
 
 
 def _receive(tmp: Path, profile: str) -> tuple[list[dict[str, object]], str]:
+    """The messages shown, and what was said on stderr; every refusal said on stderr
+    is also a JSON event on stdout."""
     result = parley(tmp, profile, "receive", "--json", "--timeout", "5")
     assert result.returncode == 0, result.stderr
-    return [json.loads(x) for x in result.stdout.splitlines() if x.strip()], result.stderr
+    lines = [json.loads(x) for x in result.stdout.splitlines() if x.strip()]
+    refused = [x for x in lines if x.get("event") == "refused"]
+    assert len(refused) == result.stderr.count("was refused")
+    return [x for x in lines if x.get("event") != "refused"], result.stderr
 
 
 async def test_a_first_message_under_the_servers_identity_is_refused(

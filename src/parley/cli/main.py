@@ -557,6 +557,10 @@ async def _receive(app: App, args: argparse.Namespace) -> None:
         timeout = None
     groups = app.group_names()
     pending: list[str] = []
+    if args.json:  # a refusal is a line on stderr and, for programs, a JSON event
+        app.on_refusal = lambda who, why: _print_json(
+            {"event": "refused", "sender": who, "reason": why}
+        )
 
     def show(entry: dict[str, Any]) -> None:
         if entry.get("group") and entry["group"] not in groups:

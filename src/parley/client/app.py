@@ -149,6 +149,8 @@ class App:
     def __init__(self, profile: Profile, notify: Callable[[str], None] | None = None) -> None:
         self.profile = profile
         self.notify = notify or (lambda _line: None)
+        # Told of every refused message (sender, reason): `receive --json` prints it.
+        self.on_refusal: Callable[[str, str], None] = lambda _who, _why: None
 
     # -- profile plumbing ------------------------------------------------------------------------
 
@@ -691,6 +693,7 @@ class App:
         contact = s.state["contacts"].get(sender, {})
         who = contact.get("phone") or sender
         self.notify(f"a message from {who} was refused: {why}")
+        self.on_refusal(who, why)
 
     async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:  # noqa: PLR0911 - each refusal ends here
         if frame["id"] in s.state.setdefault("seen", []):
