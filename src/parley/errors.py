@@ -11,7 +11,8 @@ the CLI renders as one line on stderr. Errors are raised, never returned.
     │   ├── Unauthorized          401 missing or wrong credential, unknown account
     │   ├── Forbidden             403 authenticated but not allowed (not a member...)
     │   ├── NotFound              404
-    │   ├── Conflict              409 (StaleDevices lists missing/extra devices)
+    │   ├── Conflict              409 (StaleDevices lists missing/extra devices;
+    │   │                         VersionConflict names a group's next version)
     │   ├── PayloadTooLarge       413
     │   └── RateLimited           429 with retry_after seconds
     ├── ServerError               the client's view of a server's JSON error
@@ -19,10 +20,12 @@ the CLI renders as one line on stderr. Errors are raised, never returned.
     └── RemoteProtocolError       bytes or keys from a peer that must be refused
         ├── MalformedMessage      does not decode (wrong version, length, kind...)
         ├── InvalidSignature      a bundle, prekey or group message signature fails
+        ├── InvalidGroupChange    a group change that is unsigned, out of order or not allowed
         └── DecryptionError       a message that does not authenticate
             ├── DuplicateMessage  a replay of a message already decrypted
             ├── TooManySkipped    a gap larger than the skipped-key bound
             ├── UnknownSenderKey  a group message from a sender key we never got
+            │   └── NotAGroupMember  ... or from an account not in the signed member list
             └── FrankingError     the franking commitment does not match
 
 The split follows h11/wsproto: ``LocalProtocolError`` means this program did
@@ -70,6 +73,13 @@ class InvalidSignature(RemoteProtocolError):
     code = "invalid_signature"
 
 
+class InvalidGroupChange(RemoteProtocolError):
+    """A group change that does not verify, does not follow the chain this member
+    holds, or that its signer was not allowed to make; nothing is applied."""
+
+    code = "invalid_group_change"
+
+
 class DecryptionError(RemoteProtocolError):
     """A message that does not authenticate; the session is left unchanged."""
 
@@ -92,6 +102,12 @@ class UnknownSenderKey(DecryptionError):
     """A group message under a sender key this member never received."""
 
     code = "unknown_sender_key"
+
+
+class NotAGroupMember(UnknownSenderKey):
+    """A sender key or group message from an account the signed member list lacks."""
+
+    code = "not_a_group_member"
 
 
 class FrankingError(DecryptionError):
@@ -153,6 +169,19 @@ class StaleDevices(Conflict):
 
     def details(self) -> dict[str, object]:
         return {"missing_devices": self.missing, "extra_devices": self.extra}
+
+
+class VersionConflict(Conflict):
+    """A group change for a version other than the next one (409, naming the next)."""
+
+    code = "version_conflict"
+
+    def __init__(self, next_version: int) -> None:
+        super().__init__("the group has changed: fetch its changes and try again")
+        self.next_version = next_version
+
+    def details(self) -> dict[str, object]:
+        return {"next_version": self.next_version}
 
 
 class PayloadTooLarge(ApiError):

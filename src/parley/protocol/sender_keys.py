@@ -20,6 +20,16 @@ its sender key and distributes a fresh one to the remaining members only; the
 removed member holds only retired chains and cannot read later messages.
 Receivers keep the last ``MAX_KEYS_PER_SENDER`` keys of each sender so that
 messages in flight across a rotation still open.
+
+Who is a member is not this module's decision: ``members`` mirrors the group's
+signed member list (``group_state.GroupLog``, held here as ``log``) through
+``sync_roster``, and distributions and messages from anyone else are refused
+(``NotAGroupMember``). A message from a member under a key id this member
+never received, while it holds an earlier key of theirs, is noted in
+``missed``: that member rotated, which happens when someone is removed, so
+this member may have been kept from a change (the app holds its own sends
+until the key arrives). The note is made before anything authenticates (it
+cannot: the key is missing), so a forged header can only delay sending.
 """
 
 from __future__ import annotations
@@ -35,11 +45,13 @@ from parley.errors import (
     DuplicateMessage,
     LocalProtocolError,
     MalformedMessage,
+    NotAGroupMember,
     TooManySkipped,
     UnknownSenderKey,
 )
 from parley.protocol import franking
 from parley.protocol.codec import Reader, Writer
+from parley.protocol.group_state import GroupEvent, GroupLog
 from parley.protocol.ratchet import MAX_SKIP, kdf_ck, message_cipher_key
 from parley.protocol.wire import (
     DISTRIBUTION_ID_LEN,
@@ -168,6 +180,38 @@ class GroupSession:
         self.outbound = OutboundSenderKey.generate(group_id, rng)
         self.inbound: dict[str, OrderedDict[bytes, InboundSenderKey]] = {}
         self.members: set[str] = set()
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self.log: GroupLog | None = None  # the signed state; None: a group from before it
+        self.missed: dict[str, bytes] = {}  # member -> a key id of theirs never received
+        self.sent_to: set[str] = set()  # who has our current sender key
+        # Per message handled, not stored: what changes did (for the app to show),
+        # who asked for our key and state (with the head they named), and keys from
+        # accounts that may be members in a state this member is catching up to.
+        self.events: list[GroupEvent] = []
+        self.requests: dict[str, tuple[int, bytes] | None] = {}
+        self.deferred: dict[str, SenderKeyDistribution] = {}
+
+    def sync_roster(self, rng: Random) -> list[str]:
+        """Make ``members`` the signed member list (without us); anyone gone loses
+        our future messages: their keys are dropped and ours rotates. Returns them."""
+        if self.log is None:
+            return []
+        roster = set(self.log.state.members) - {self.me}
+        gone = sorted(self.members - roster)
+        for name in gone:
+            self.inbound.pop(name, None)
+            self.missed.pop(name, None)
+        self.members = roster
+        self.sent_to &= roster | {self.me}
+        if gone:
+            self.rotate(rng)
+        return gone
+
+    @property
+    def is_member(self) -> bool:
+        return self.log is not None and self.me in self.log.state.members
 
     def add_members(self, names: list[str]) -> dict[str, SenderKeyDistribution]:
         """New members get our current sender key; they read from here on."""
@@ -184,6 +228,7 @@ class GroupSession:
 
     def rotate(self, rng: Random) -> dict[str, SenderKeyDistribution]:
         self.outbound = OutboundSenderKey.generate(self.group_id, rng)
+        self.sent_to = set()
         skd = self.outbound.distribution()
         return dict.fromkeys(self.members, skd)
 
@@ -191,8 +236,9 @@ class GroupSession:
         """Store a member's sender key (delivered over an authenticated 1:1 session)."""
         if skd.group_id != self.group_id:
             raise MalformedMessage("sender key is for another group")
-        if sender not in self.members:
-            raise UnknownSenderKey("sender key from a non-member")
+        if sender not in self.members and sender != self.me:  # our own other devices
+            raise NotAGroupMember("sender key from a non-member")
+        self.missed.pop(sender, None)  # their current key, from them over a 1:1 session
         keys = self.inbound.setdefault(sender, OrderedDict())
         if skd.distribution_id in keys:
             return  # a re-delivery must not rewind the chain (that would allow replays)
@@ -208,6 +254,10 @@ class GroupSession:
         keys = self.inbound.get(sender)
         key = None if keys is None else keys.get(msg.distribution_id)
         if key is None:
+            if sender not in self.members and sender != self.me:
+                raise NotAGroupMember("a group message from an account that is not a member")
+            if keys:
+                self.missed[sender] = msg.distribution_id
             raise UnknownSenderKey("no sender key for this message")
 
         def check(plaintext: bytes) -> Content:
@@ -218,8 +268,9 @@ class GroupSession:
         return key.decrypt_with(msg, check)
 
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2 adds the signed state, missed key ids and who has our key
 _MAX_NAME = 256
+_MAX_LOG = 64 * 1024 * 1024
 
 
 def group_to_bytes(group: GroupSession) -> bytes:
@@ -239,15 +290,26 @@ def group_to_bytes(group: GroupSession) -> bytes:
             w.fixed(key.chain_key, 32).u32(key.iteration).u32(len(key.skipped))
             for iteration, mk in key.skipped.items():
                 w.u32(iteration).fixed(mk, 32)
+    w.bool(group.log is not None)
+    if group.log is not None:
+        w.var(group.log.to_bytes(), _MAX_LOG)
+    w.u32(len(group.missed))
+    for sender in sorted(group.missed):
+        w.text(sender, _MAX_NAME).fixed(group.missed[sender], DISTRIBUTION_ID_LEN)
+    w.u32(len(group.sent_to))
+    for name in sorted(group.sent_to):
+        w.text(name, _MAX_NAME)
     return w.to_bytes()
 
 
 def group_from_bytes(data: bytes) -> GroupSession:
     r = Reader(data)
-    if r.u8() != _STATE_VERSION:
+    version = r.u8()
+    if version not in (1, _STATE_VERSION):
         raise MalformedMessage("unknown group state version")
     group_id, me = r.var(64), r.text(_MAX_NAME)
     group = GroupSession.__new__(GroupSession)
+    group._init_state()
     group.group_id, group.me = group_id, me
     group.conversation = franking.group_conversation(group_id.hex())
     dist, ck = r.fixed(DISTRIBUTION_ID_LEN), r.fixed(32)
@@ -267,6 +329,15 @@ def group_from_bytes(data: bytes) -> GroupSession:
                 key.skipped[i] = r.fixed(32)
             keys[key.distribution_id] = key
         group.inbound[sender] = keys
+    if version == 1:  # before signed state: everyone listed had our key
+        group.sent_to = set(group.members)
+    else:
+        if r.bool():
+            group.log = GroupLog.from_bytes(r.var(_MAX_LOG))
+        for _ in range(_bounded(r.u32(), 100_000)):
+            sender = r.text(_MAX_NAME)
+            group.missed[sender] = r.fixed(DISTRIBUTION_ID_LEN)
+        group.sent_to = {r.text(_MAX_NAME) for _ in range(_bounded(r.u32(), 100_000))}
     r.end()
     return group
 
