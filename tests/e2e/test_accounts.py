@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ import websockets
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState
+from parley.client.kt import publish_device_list
 from parley.client.messenger import Messenger
 from parley.errors import ServerError
 from parley.protocol.keys import IdentityKeyPair
@@ -111,6 +113,11 @@ async def _link(server: ServerProcess, primary: Messenger) -> Messenger:
     ot, kem = state.new_one_time_keys(5)
     result = await api.link(lookup, keys_json(state.signed_prekey, state.kem_last_resort, ot, kem))
     state.account_id, state.device_id = result["account_id"], result["device_id"]
+    # the new device signs the account's devices into its device list (key transparency)
+    devices = (await api.call("GET", "/v1/devices"))["devices"]
+    await publish_device_list(
+        api, identity.signing, state.account_id, devices, time.time_ns() // 10**6
+    )
     return Messenger(api, state)
 
 

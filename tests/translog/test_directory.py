@@ -11,7 +11,11 @@ from parley.translog.directory import Directory, DirectoryProofError, Proof
 
 
 def _index(i: int) -> bytes:
-    return kt.index_of(b"s" * 32, f"account-{i}")
+    return kt.index_of(f"account-{i}")
+
+
+def _value(account: str, version: int, devices: list[int]) -> bytes:
+    return kt.value_hash(account, version, version, b"k" * 64, devices, b"", kt.EMPTY)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 17, 500])
@@ -19,7 +23,7 @@ def test_every_account_proves_and_nothing_else_does(size: int) -> None:
     tree = Directory()
     values = {}
     for i in range(size):
-        values[_index(i)] = kt.value_hash(f"account-{i}", 1, b"k" * 64, [1])
+        values[_index(i)] = _value(f"account-{i}", 1, [1])
         tree.set(_index(i), values[_index(i)])
     root = tree.commit()
     assert tree.size == size
@@ -29,17 +33,17 @@ def test_every_account_proves_and_nothing_else_does(size: int) -> None:
         proof = Proof.from_bytes(got[1].to_bytes())
         kt.verify(root, index, value, proof)
         with pytest.raises(DirectoryProofError):
-            kt.verify(root, index, kt.value_hash("someone else", 1, b"k" * 64, [1]), proof)
+            kt.verify(root, index, _value("someone else", 1, [1]), proof)
     assert tree.prove(_index(size + 1)) is None
 
 
 def test_updates_change_the_root_and_old_proofs_stop_verifying() -> None:
     tree = Directory()
     for i in range(100):
-        tree.set(_index(i), kt.value_hash(f"account-{i}", 1, b"k" * 64, [1]))
+        tree.set(_index(i), _value(f"account-{i}", 1, [1]))
     old_root = tree.commit()
     value, proof = tree.prove(_index(7))  # type: ignore[misc]
-    tree.set(_index(7), kt.value_hash("account-7", 2, b"k" * 64, [1, 2]))  # a device added
+    tree.set(_index(7), _value("account-7", 2, [1, 2]))  # a device added
     new_root = tree.commit()
     assert new_root != old_root
     kt.verify(old_root, _index(7), value, proof)
@@ -54,7 +58,7 @@ def test_incremental_commit_equals_a_fresh_build() -> None:
     for step in range(5):
         for _ in range(50):
             i = rng.randrange(200)
-            state[i] = kt.value_hash(f"account-{i}", step, b"k" * 64, [1])
+            state[i] = _value(f"account-{i}", step, [1])
             tree.set(_index(i), state[i])
         fresh = Directory()
         for i, v in state.items():
@@ -65,7 +69,7 @@ def test_incremental_commit_equals_a_fresh_build() -> None:
 def test_proofs_are_small_and_name_no_account() -> None:
     tree = Directory()
     for i in range(20_000):
-        tree.set(_index(i), kt.value_hash(f"account-{i}", 1, b"k" * 64, [1]))
+        tree.set(_index(i), _value(f"account-{i}", 1, [1]))
     tree.commit()
     _, proof = tree.prove(_index(123))  # type: ignore[misc]
     raw = proof.to_bytes()
@@ -77,3 +81,36 @@ def test_malformed_proofs_are_refused() -> None:
     for bad in (b"", b"\x00", b"\x01\x01" + b"\x00" * 32, b"\x00\x01" + b"\x80" + b"\x00" * 31):
         with pytest.raises(DirectoryProofError):
             Proof.from_bytes(bad)
+
+
+def test_the_index_is_a_hash_anyone_computes() -> None:
+    """One account, one index: the owner and every contact look it up at the same leaf."""
+    import hashlib
+
+    account = "5f0e8f0e-3b0c-4c53-9d43-4f5cbe2f8a11"
+    assert kt.index_of(account) == hashlib.sha256(b"parley/kt/index/v1" + account.encode()).digest()
+    assert kt.index_of(account) != kt.index_of(account.upper())
+
+
+def test_each_version_names_the_one_before() -> None:
+    v1 = kt.value_hash("a", 1, 1, b"k" * 64, [1], b"", kt.EMPTY)
+    v2 = kt.value_hash("a", 2, 5, b"k" * 64, [1, 2], b"", v1)
+    assert v2 != kt.value_hash("a", 2, 5, b"k" * 64, [1, 2], b"", kt.EMPTY)
+    assert v2 != kt.value_hash("a", 2, 6, b"k" * 64, [1, 2], b"", v1)  # the epoch is committed
+
+
+def test_device_lists_verify_only_under_their_owner_and_account() -> None:
+    from parley.crypto.primitives import SigningKey
+
+    key, other = SigningKey.generate(random.randbytes), SigningKey.generate(random.randbytes)
+    signed = kt.DeviceList.sign(key, "alice", 7, [2, 1])
+    blob = signed.to_bytes()
+    identity = key.public + b"x" * 32
+    assert kt.signed_devices(blob, identity, "alice") == (1, 2)
+    assert kt.signed_devices(blob, other.public + b"x" * 32, "alice") is None
+    assert kt.signed_devices(blob, identity, "bob") is None  # bound to the account
+    tampered = kt.DeviceList(7, (1, 2, 9), signed.signature).to_bytes()  # a ghost device
+    assert kt.signed_devices(tampered, identity, "alice") is None
+    assert kt.signed_devices(b"", identity, "alice") is None
+    for bad in (blob[:-1], blob + b"\x00", b"\x00" * 9):
+        assert kt.signed_devices(bad, identity, "alice") is None

@@ -18,7 +18,9 @@ from typing import Any
 from parley.translog import directory as kt
 from parley.translog.directory import Directory, Proof
 
-SECRET = secrets.token_bytes(32)
+
+def _value(account: str, version: int, identity: bytes, devices: list[int]) -> bytes:
+    return kt.value_hash(account, version, version, identity, devices, b"", kt.EMPTY)
 
 
 def _run(accounts: int, changed: int = 10_000, samples: int = 1_000) -> dict[str, Any]:
@@ -27,20 +29,20 @@ def _run(accounts: int, changed: int = 10_000, samples: int = 1_000) -> dict[str
     tree = Directory()
     start = time.perf_counter()
     for account in ids:
-        tree.set(kt.index_of(SECRET, account), kt.value_hash(account, 1, identity, [1]))
+        tree.set(kt.index_of(account), _value(account, 1, identity, [1]))
     tree.commit()
     full_build = time.perf_counter() - start
 
     rng = random.Random(accounts)
     start = time.perf_counter()
     for account in rng.sample(ids, min(changed, accounts)):
-        tree.set(kt.index_of(SECRET, account), kt.value_hash(account, 2, identity, [1, 2]))
+        tree.set(kt.index_of(account), _value(account, 2, identity, [1, 2]))
     root = tree.commit()
     epoch = time.perf_counter() - start
 
     sizes, proofs = [], []
     for account in rng.sample(ids, samples):
-        index = kt.index_of(SECRET, account)
+        index = kt.index_of(account)
         found = tree.prove(index)
         assert found is not None
         raw = found[1].to_bytes()

@@ -31,6 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from parley.client.app import App, ClientError
+from parley.client.kt import KeyTransparencyError
 from parley.client.store import Profile
 from parley.display import join, literal, local_time, visible, with_iso
 from parley.errors import ParleyError, ServerError, Unreachable
@@ -722,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except ParleyError as exc:
         err.print(_one_line_error(exc))
+        if isinstance(exc, KeyTransparencyError) and "--json" in (argv or sys.argv[1:]):
+            _print_json({"error": {"code": exc.code, "message": exc.message}, "refused": True})
     except OSError as exc:
         err.print(
             join(

@@ -103,6 +103,10 @@ class ApiClient:
         self.credential = credential
         self.retries = retries
         self.on_retry = on_retry
+        # The key-transparency view every verification through this client uses and
+        # advances (pinned log key, last verified head...: ``client.kt``); the app
+        # points it at the profile's ``state["kt"]``, a library client keeps it in memory.
+        self.kt_view: dict[str, Any] = {}
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     def _retrying(self, attempt: int) -> None:

@@ -34,7 +34,18 @@ import websockets
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
-from parley.client.kt import KeyTransparencyError, head_code, signed_head, verified_lookup
+from parley.client.kt import (
+    KeyTransparencyError,
+    alarm,
+    check_gossip,
+    gossip,
+    head_code,
+    own_history,
+    publish_device_list,
+    verified_head,
+    verified_lookup,
+    verify_history,
+)
 from parley.client.store import Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.display import visible
@@ -51,6 +62,7 @@ from parley.protocol.fingerprint import display, parse, safety_number
 from parley.protocol.franking import direct_conversation, group_conversation
 from parley.protocol.keys import IdentityKeyPair
 from parley.protocol.wire import MAX_TEXT, AttachmentPointer, Content, IdentityPublic
+from parley.translog import directory
 
 MAX_HISTORY = 10_000
 MAX_SEEN = 5_000
@@ -63,6 +75,8 @@ MAX_NAME = 64
 MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 # Idempotent calls are retried for about 7 s when the server cannot be reached.
 RETRIES = 5
+PRIMARY_DEVICE = 1
+FOREIGN_IDENTITY = "the key directory published an identity key for your account that is not yours"
 KT_GRACE_S = 3.0
 REFILL = 50  # one-time prekeys of each kind uploaded when the server says they run low
 
@@ -162,6 +176,9 @@ class App:
         api = ApiClient(
             state["server"], state.get("credential"), retries=retries, on_retry=self.notify
         )
+        api.kt_view = state.setdefault(
+            "kt", {"devices": [device.device_id], "expected_links": 0, "alarms": []}
+        )
         return Session(state, device, api)
 
     def _save(self, s: Session) -> None:
@@ -253,12 +270,16 @@ class App:
                     keys_json(device.signed_prekey, device.kem_last_resort, ot, kem),
                 )
                 me = await api.call("GET", "/v1/accounts/me")
+                kt_view = await _start_monitoring(
+                    api, device.identity, result["account_id"], int(result["device_id"]), None
+                )
             finally:
                 await api.close()
             device.account_id, device.device_id = result["account_id"], int(result["device_id"])
             device.prekeys_rotated_ms = now_ms()  # the keys just uploaded are fresh
             state.pop("pending_phone")
             state.update(
+                kt=kt_view,
                 prekeys_uploaded_ms=device.prekeys_rotated_ms,
                 phone=me["phone"],
                 name=name or "",
@@ -442,8 +463,9 @@ class App:
     def _content(
         self, s: Session, text: str, pointers: tuple[AttachmentPointer, ...] = (), **control: Any
     ) -> Content:
-        # The display name travels inside the encryption, with every message.
-        claims = {"from": s.phone, "name": s.state.get("name", "")}
+        # The display name travels inside the encryption, with every message, and so
+        # does the sender's verified head of the transparency log (fork detection).
+        claims = {"from": s.phone, "name": s.state.get("name", ""), **gossip(s.api.kt_view)}
         return Content(
             s.device.rng(32), now_ms(), text, pointers, json.dumps({**claims, **control}).encode()
         )
@@ -731,6 +753,7 @@ class App:
             s, received, control.get("from") if isinstance(control.get("from"), str) else None
         )
         sender_name = self._sender_name(s, received.sender, control.get("name"))
+        await self._check_gossip(s, control.get("head"), sender)
         event, event_group = await self._group_control(s, received, control)
         group: str | None
         if event == "ignored":
@@ -1027,46 +1050,134 @@ class App:
     # -- key transparency: self-monitoring --------------------------------------------------------
 
     async def keys_check(self, ack: bool = False, retries: int = RETRIES) -> dict[str, Any]:
-        """Check this account's entry in the key directory against what this device knows:
-        its own identity key, and the devices the user linked. Anything else is an alarm,
-        kept and shown on every command until acknowledged (``ack``)."""
+        """Check this account's entry in the key directory: every version published since
+        the last check (a history chained to the entry now published, so a version shown
+        for one epoch and reverted is seen too) against what this device knows, its
+        identity key and the devices the user linked. Anything else, and any proof the
+        server cannot give, is an alarm, kept and shown on every command until
+        acknowledged (``ack``: unknown devices still listed are then not raised again,
+        but never signed into the device list; a foreign identity key stays an alarm)."""
 
         async def act(s: Session) -> dict[str, Any]:
-            published = await verified_lookup(s.api, s.device.account_id)
-            kt = s.state.setdefault(
-                "kt", {"devices": [s.device.device_id], "expected_links": 0, "alarms": []}
-            )
-            alarms: list[str] = []
-            if published["identity_key"] != s.device.identity.public.to_bytes():
-                alarms.append(
-                    "the key directory publishes an identity key for your account that is not yours"
-                )
-            known = set(kt["devices"])
-            new = sorted(set(published["devices"]) - known)
-            if new and len(new) <= kt["expected_links"]:
-                kt["expected_links"] -= len(new)  # devices this user linked
-                known |= set(new)
-                new = []
-            alarms += [f"device {d} was added to your account and you did not link it" for d in new]
+            kt = s.api.kt_view
+            published: dict[str, Any] | None = None
+            failure: str | None = None
+            try:
+                published = await self._check_own_entry(s)
+            except KeyTransparencyError as exc:
+                failure = str(exc)
+                alarm(kt, failure)
             if ack:
-                kt["devices"] = sorted(set(published["devices"]))
-                kt["alarms"] = [a for a in alarms if "identity key" in a]
-            else:
-                kt["devices"] = sorted(
-                    known & set(published["devices"])
-                    | (known - set(published["devices"])) - (known - set(published["devices"]))
-                )
-                kt["alarms"] = sorted(set(kt["alarms"]) | set(alarms))
-            kt["version"], kt["epoch"] = published["version"], published["epoch"]
+                current = [failure] if failure else []
+                if published is not None:
+                    if published["identity_key"] != s.device.identity.public.to_bytes():
+                        current.append(FOREIGN_IDENTITY)
+                    unknown = set(published["devices"]) - set(kt["devices"])
+                    kt["acknowledged"] = sorted(set(kt.get("acknowledged", [])) | unknown)
+                kt["alarms"] = current
+            head = kt.get("head") or {}
             return {
-                "ok": not kt["alarms"],
-                "alarms": kt["alarms"],
-                "devices": published["devices"],
-                "epoch": published["epoch"],
-                "version": published["version"],
+                "ok": not kt["alarms"] and published is not None,
+                "alarms": list(kt["alarms"]),
+                "devices": published["devices"] if published else None,
+                "signed_devices": (
+                    sorted(published["signed_devices"] or []) if published else None
+                ),
+                "epoch": published["epoch"] if published else None,
+                "version": published["version"] if published else None,
+                "head": head_code(int(head["size"]), base64.b64decode(head["root"]))
+                if head
+                else None,
             }
 
         return dict(await self.run(act, retries))
+
+    async def _check_own_entry(self, s: Session) -> dict[str, Any]:
+        kt = s.api.kt_view
+        me, mine = s.device.account_id, s.device.identity.public.to_bytes()
+        own = kt.get("own")
+        base = int(own["version"]) if own else 0
+        published, versions = await own_history(s.api, me, base)
+        try:
+            verify_history(
+                me,
+                base,
+                base64.b64decode(own["value"]) if own else directory.EMPTY,
+                versions,
+                published,
+            )
+        except KeyTransparencyError as exc:
+            alarm(kt, str(exc))
+            raise
+        if own is None:
+            # The first check: a primary reviews every version since its identity was
+            # first published (its registration); a linked device starts from the entry
+            # as it is now (it vouches for the devices it joined).
+            ours = [i for i, v in enumerate(versions) if v["identity_key"] == mine]
+            keep = ours[0] if ours and s.device.device_id == PRIMARY_DEVICE else -1
+            versions = versions[keep:]
+        known = set(kt.get("devices", [s.device.device_id]))
+        acknowledged = set(kt.get("acknowledged", []))
+        current = set(published["devices"])
+        counter = 0
+        for v in versions:
+            where = f"directory version {v['version']}, epoch {v['epoch']}"
+            if v["identity_key"] != mine:
+                alarm(
+                    kt,
+                    f"{FOREIGN_IDENTITY} ({where}"
+                    + ("" if published["identity_key"] != mine else "; reverted since")
+                    + ")",
+                )
+            new = sorted(set(v["devices"]) - known - acknowledged)
+            if new and len(new) <= kt.get("expected_links", 0):
+                kt["expected_links"] -= len(new)  # devices this user linked
+                known |= set(new)
+                new = []
+            for d in new:
+                alarm(
+                    kt,
+                    f"device {d} was added to your account and you did not link it ({where}"
+                    + ("" if d in current else "; removed again since")
+                    + ")",
+                )
+            if directory.signed_devices(v["device_list"], mine, me) is not None:
+                signed = directory.DeviceList.from_bytes(v["device_list"])
+                if signed.counter < counter:
+                    alarm(kt, f"an older device list of yours was published again ({where})")
+                counter = max(counter, signed.counter)
+        if published["identity_key"] != mine:
+            alarm(kt, FOREIGN_IDENTITY)
+        kt["devices"] = sorted(known & current)
+        kt["own"] = {"version": published["version"], "value": b64e(published["value"])}
+        kt["version"], kt["epoch"] = published["version"], published["epoch"]
+        if published["identity_key"] == mine:
+            await self._keep_device_list_signed(s, published)
+        return published
+
+    async def _check_gossip(self, s: Session, claim: object, sender: str) -> None:
+        """A message's head against ours: a fork alarm, said at once, if the server
+        cannot prove them consistent (the message itself is still shown: it is the
+        sender's, end to end; the log is what the server forked)."""
+        forked = await check_gossip(s.api, claim, sender)
+        if forked:
+            self.notify(f"ALARM: {forked}")
+
+    async def _keep_device_list_signed(self, s: Session, published: dict[str, Any]) -> None:
+        """The signed device list should be exactly the devices this owner knows are its
+        own and still listed (never one it did not link); re-sign it when it is not."""
+        kt = s.api.kt_view
+        want = sorted(set(kt["devices"]) | {s.device.device_id})
+        signed = published["signed_devices"]
+        if signed is not None and sorted(signed) == want:
+            return
+        if kt.get("signed") == want and now_ms() - int(kt.get("signed_ms", 0)) < 60_000:
+            return  # uploaded a moment ago; its epoch is on its way
+        with contextlib.suppress(ServerError):
+            await publish_device_list(
+                s.api, s.device.identity.signing, s.device.account_id, want, now_ms()
+            )
+            kt["signed_ms"] = now_ms()
 
     async def maintain_keys(self, retries: int = RETRIES) -> dict[str, Any]:
         """Rotate the signed and last-resort prekeys when due and refill one-time
@@ -1100,8 +1211,8 @@ class App:
 
     async def keys_head(self) -> str:
         async def act(s: Session) -> str:
-            head, _ = await signed_head(s.api)
-            return str(head_code(head))
+            head = await verified_head(s.api)
+            return head_code(head.size, head.root)
 
         return str(await self.run(act))
 
@@ -1169,6 +1280,8 @@ class App:
                     "identity": b64e(s.device.identity.private_bytes()),
                     "phone": s.phone,
                     "name": s.state.get("name", ""),
+                    # the new device's view of the log starts from this one's
+                    "kt": {k: kt.get(k) for k in ("log_key", "head", "devices")},
                 }
             ).encode()
             nonce = secrets.token_bytes(12)
@@ -1206,6 +1319,14 @@ class App:
             )
             api.credential = result["credential"]
             linked_devices = (await api.call("GET", "/v1/devices"))["devices"]
+            kt_view = await _start_monitoring(
+                api,
+                device.identity,
+                result["account_id"],
+                int(result["device_id"]),
+                payload.get("kt"),
+                linked_devices,
+            )
         finally:
             await api.close()
         device.account_id, device.device_id = result["account_id"], int(result["device_id"])
@@ -1224,8 +1345,7 @@ class App:
                     "groups": {},
                     "history": [],
                     "seen": [],
-                    # this device trusts the account's devices as they were when it joined
-                    "kt": {"devices": linked_devices, "expected_links": 0, "alarms": []},
+                    "kt": kt_view,
                     "prekeys_uploaded_ms": device.prekeys_rotated_ms,
                 }
             )
@@ -1238,6 +1358,17 @@ class App:
     async def unlink(self, device_id: int) -> None:
         async def act(s: Session) -> None:
             await s.api.call("DELETE", f"/v1/devices/{device_id}")
+            kt = s.api.kt_view
+            kt["devices"] = sorted(set(kt.get("devices", [])) - {device_id})
+            if device_id != s.device.device_id:  # the signed device list loses it too
+                with contextlib.suppress(ServerError):
+                    await publish_device_list(
+                        s.api,
+                        s.device.identity.signing,
+                        s.device.account_id,
+                        sorted(set(kt["devices"]) | {s.device.device_id}),
+                        now_ms(),
+                    )
 
         await self.run(act)
 
@@ -1306,6 +1437,36 @@ class App:
             finally:
                 await s.api.close()
             self.profile.wipe()
+
+
+async def _start_monitoring(
+    api: ApiClient,
+    identity: IdentityKeyPair,
+    account_id: str,
+    device_id: int,
+    inherited: object,
+    server_devices: list[int] | None = None,
+) -> dict[str, Any]:
+    """The key-transparency view of a new profile. A primary pins the log's key and the
+    head it sees at registration (trust on first use); a linked device takes both from
+    the primary, inside the encrypted provisioning message, so a server that shows it
+    another log is caught at once. The device signs the devices it vouches for into the
+    account's device list: itself, and those the primary vouches for still linked."""
+    view: dict[str, Any] = {"devices": [device_id], "expected_links": 0, "alarms": []}
+    if isinstance(inherited, dict):
+        if isinstance(inherited.get("log_key"), str):
+            view["log_key"] = inherited["log_key"]
+        head = inherited.get("head")
+        if isinstance(head, dict) and isinstance(head.get("root"), str):
+            view["head"] = {"size": int(head["size"]), "root": head["root"]}
+        vouched = {d for d in inherited.get("devices") or [] if isinstance(d, int)}
+        view["devices"] = sorted((vouched & set(server_devices or [])) | {device_id})
+    api.kt_view = view
+    with contextlib.suppress(ServerError):  # else the first 'keys check' signs it
+        await publish_device_list(api, identity.signing, account_id, view["devices"], now_ms())
+    with contextlib.suppress(ServerError):  # else the first lookup pins it
+        await verified_head(api)
+    return view
 
 
 async def verified_policy(api: ApiClient) -> dict[str, Any]:

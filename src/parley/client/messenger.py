@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
-from parley.client.kt import KeyTransparencyError, check_served_keys
+from parley.client.kt import KeyTransparencyError, check_served_keys, publish_device_list
 from parley.crypto.random import Random
 from parley.errors import RemoteProtocolError, ServerError
 from parley.protocol.keys import IdentityKeyPair
@@ -60,6 +60,10 @@ class Messenger:
             keys_json(state.signed_prekey, state.kem_last_resort, ot, kem),
         )
         state.account_id, state.device_id = result["account_id"], int(result["device_id"])
+        # contacts encrypt only to devices the owner signed into its device list
+        await publish_device_list(
+            api, state.identity.signing, state.account_id, [state.device_id], now_ms()
+        )
         return cls(api, state)
 
     @property

@@ -28,6 +28,7 @@ from parley import __version__
 from parley.crypto.primitives import SigningKey
 from parley.errors import ApiError, RateLimited
 from parley.server.api.admin import build_admin_router
+from parley.server.api.kt import build_kt_router
 from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.schemas import MAX_REPORT_BODY
@@ -271,14 +272,10 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         )
         checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
         standing_loop = asyncio.create_task(standing.refresh_loop())
-        kt_handler = KtHandler(
-            KtStore(engine),
-            await load_or_create(engine, "kt-index"),
-            staff_side.transparency,
-            now_ms,
-        )
+        kt_handler = KtHandler(KtStore(engine), staff_side.transparency, now_ms)
         await kt_handler.publish()
         state["kt"] = kt_handler
+        app.include_router(build_kt_router(accounts, kt_handler))
         previous_removed = accounts.on_device_removed
 
         def keys_changed(account: str, device: int) -> None:

@@ -1,28 +1,40 @@
-"""The key directory: a sparse Merkle tree from private indexes to account key states.
+"""The key directory: a sparse Merkle tree from account indexes to account key states.
 
-Theory of operation (after CONIKS and WhatsApp's AKD). Every account has a
-256-bit *index*, a keyed hash of its account id under a server secret, so a
-proof names no account and the tree's shape leaks no ids (``privacy``
-below). The leaf at an index commits to the account's current *value*: its
-id, a version counter, its identity key and its device list
-(``value_hash``). Nodes: ``leaf = H(0x00 || index || value_hash)``,
-``node = H(0x01 || left || right)``, an empty subtree is 32 zero bytes, and a
-subtree holding one leaf *is* that leaf (so depth is about log2(N), not 256).
+Theory of operation (after CONIKS, SEEMless/Parakeet and WhatsApp's AKD). Every
+account has a 256-bit *index* that anyone can compute:
+``SHA-256("parley/kt/index/v1" || account id)`` (``index_of``). So one account
+has one index, the same for its owner and for every contact, and a server
+cannot keep the owner's real leaf for the owner's own checks and a forged leaf
+for the same account shown to contacts: both would sit at the same index of
+the same tree. A VRF would hide which index belongs to whom; pyca/cryptography
+has no VRF and hand-written curve code is not allowed here, and a plain hash is
+safe because account ids are random (UUID4, 122 random bits) issued by the
+server, so the index reveals nothing that the account id does not. The server
+*could* choose ids, but whatever id it gives an account, that id has exactly
+one index, and contacts and owner all look it up there.
+
+The leaf at an index commits to the account's current *version*
+(``value_hash``): its id, a version counter that grows by one at every change,
+the epoch that version was first published in, its identity key, its device
+list, the device list its owner signed (``DeviceList``), and the value of the
+previous version. Each version thus names the one before it, so an owner
+holding version ``v`` can check any later version against a chain of all the
+versions between (the *history*: a version published for one epoch and
+replaced before the owner looked is still in the chain).
+
+Nodes: ``leaf = H(0x00 || index || value_hash)``, ``node = H(0x01 || left ||
+right)``, an empty subtree is 32 zero bytes, and a subtree holding one leaf
+*is* that leaf (so depth is about log2(N), not 256).
 
 A lookup proof lists the sibling hashes from the root down to the leaf; empty
 siblings are omitted and marked in a bitmap, so a proof in a tree of a million
 accounts is about 20 hashes (~700 bytes). Updates mark the path dirty and
 rehash only dirty nodes, so an epoch costs ~log2(N) hashes per changed account.
 
-Privacy: a proof reveals sibling hashes, which are hashes of hashes of other
-accounts' states under indexes only the server can compute; it reveals no
-phone number or account id, only (roughly) how many accounts share the path's
-prefix, i.e. the directory's size. What the server still learns: who looks
-up whom (as any directory server does). Unlike a VRF, a keyed hash cannot be
-checked by clients: pyca/cryptography has no VRF and hand-rolled curve code is
-not allowed here. A server could give one account two indexes to two users;
-the leaf value names the account id, so each view is still self-consistent,
-and forks between users are caught by comparing epoch heads.
+Privacy: a proof reveals sibling hashes, which are hashes of other accounts'
+leaves; it reveals no phone number or account id, only (roughly) how many
+accounts share the path's prefix, i.e. the directory's size. What the server
+still learns: who looks up whom (as any directory server does).
 """
 
 from __future__ import annotations
@@ -30,29 +42,126 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from parley.crypto.primitives import hmac_sha256, sha256
+from parley.crypto.primitives import SigningKey, VerifyKey, sha256
 from parley.errors import RemoteProtocolError
 
 EMPTY = b"\x00" * 32
 DEPTH = 256
+INDEX_LABEL = b"parley/kt/index/v1"
+MAX_DEVICES = 64
+_DEVICE_LIST_LABEL = b"parley/kt/device-list/v1"
+_SIGNATURE_LEN = 64
 
 
 class DirectoryProofError(RemoteProtocolError):
     code = "invalid_directory_proof"
 
 
-def index_of(secret: bytes, account_id: str) -> bytes:
-    return hmac_sha256(secret, b"parley/kt/index/v1\x00" + account_id.encode())
+def index_of(account_id: str) -> bytes:
+    """Where an account's leaf sits: ``SHA-256("parley/kt/index/v1" || account id)``."""
+    return sha256(INDEX_LABEL + account_id.encode())
 
 
-def value_hash(account_id: str, version: int, identity_key: bytes, devices: list[int]) -> bytes:
-    """What a leaf commits to: the account's keys and devices at a version."""
-    encoded = account_id.encode()
-    body = struct.pack(">H", len(encoded)) + encoded + struct.pack(">Q", version) + identity_key
-    body += struct.pack(">H", len(devices)) + b"".join(
-        struct.pack(">I", d) for d in sorted(devices)
+def _u16_prefixed(data: bytes) -> bytes:
+    return struct.pack(">H", len(data)) + data
+
+
+def _devices(devices: list[int] | tuple[int, ...]) -> bytes:
+    ordered = sorted(devices)
+    return struct.pack(">H", len(ordered)) + b"".join(struct.pack(">I", d) for d in ordered)
+
+
+def value_hash(
+    account_id: str,
+    version: int,
+    epoch: int,
+    identity_key: bytes,
+    devices: list[int] | tuple[int, ...],
+    device_list: bytes,
+    prev: bytes,
+) -> bytes:
+    """What a leaf commits to: the account's keys and devices at a version, the epoch
+    that version was first published in, the device list its owner signed (empty if
+    none), and the previous version's value (``EMPTY`` for version 1)."""
+    if len(prev) != 32:
+        raise ValueError("prev is a 32-byte value hash")
+    body = (
+        _u16_prefixed(account_id.encode())
+        + struct.pack(">QQ", version, epoch)
+        + _u16_prefixed(identity_key)
+        + _devices(devices)
+        + struct.pack(">I", len(device_list))
+        + device_list
+        + prev
     )
-    return sha256(b"parley/kt/value/v1" + body)
+    return sha256(b"parley/kt/value/v2" + body)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceList:
+    """The devices an account's owner vouches for, signed with its identity key.
+
+    The server keeps the device table and could add a row of its own (a *ghost*
+    device, as a Matrix homeserver could); it cannot sign. Contacts encrypt only
+    to devices in the owner's signed list. ``counter`` only grows (the signer uses
+    its clock), so an older list cannot be presented as newer.
+    Signed message: ``"parley/kt/device-list/v1" || u16 len || account id ||
+    u64 counter || u16 n || u32 device ids (ascending)``."""
+
+    counter: int
+    devices: tuple[int, ...]
+    signature: bytes
+
+    @staticmethod
+    def message(account_id: str, counter: int, devices: list[int] | tuple[int, ...]) -> bytes:
+        return (
+            _DEVICE_LIST_LABEL
+            + _u16_prefixed(account_id.encode())
+            + struct.pack(">Q", counter)
+            + _devices(devices)
+        )
+
+    @classmethod
+    def sign(
+        cls, key: SigningKey, account_id: str, counter: int, devices: list[int] | tuple[int, ...]
+    ) -> DeviceList:
+        ordered = tuple(sorted(set(devices)))
+        return cls(counter, ordered, key.sign(cls.message(account_id, counter, ordered)))
+
+    def verify(self, signing_key: bytes, account_id: str) -> None:
+        """``InvalidSignature`` unless the identity's Ed25519 key signed this list."""
+        VerifyKey(signing_key).verify(
+            self.signature, self.message(account_id, self.counter, self.devices)
+        )
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">Q", self.counter) + _devices(self.devices) + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceList:
+        if len(data) < 10:
+            raise DirectoryProofError("truncated device list")
+        counter, count = struct.unpack_from(">QH", data)
+        if count > MAX_DEVICES or len(data) != 10 + 4 * count + _SIGNATURE_LEN:
+            raise DirectoryProofError("malformed device list")
+        devices = struct.unpack_from(f">{count}I", data, 10)
+        if list(devices) != sorted(set(devices)):
+            raise DirectoryProofError("device list not in ascending order")
+        return cls(counter, tuple(devices), data[10 + 4 * count :])
+
+
+def signed_devices(
+    device_list: bytes, identity_key: bytes, account_id: str
+) -> tuple[int, ...] | None:
+    """The devices an owner signed, or None if there is no valid list for this identity."""
+    if not device_list:
+        return None
+    try:
+        parsed = DeviceList.from_bytes(device_list)
+        parsed.verify(identity_key[:32], account_id)
+    except (RemoteProtocolError, ValueError):
+        return None
+    return parsed.devices
 
 
 def leaf_hash(index: bytes, value: bytes) -> bytes:

@@ -146,3 +146,52 @@ def verify_consistency(  # noqa: PLR0912 - RFC 9162 §2.1.4.2, step by step
         sn >>= 1
     if sn != 0 or fr != root1 or sr != root2:
         raise ProofError("consistency proof does not match the roots")
+
+
+def verify_tail(
+    first: int, size: int, proof: Sequence[bytes], leaves: Sequence[bytes], expected_root: bytes
+) -> None:
+    """Check that ``leaves`` are *all* the leaf hashes from index ``first`` to ``size - 1``.
+
+    ``proof`` is the inclusion proof of leaf ``first`` in the tree of ``size``
+    (RFC 9162 §2.1.3.1). Its left siblings are the roots of the complete subtrees
+    that cover ``[0, first)`` (the tree's "frontier" there: ``first`` written in
+    binary, largest block first). From them and the tail the whole tree hash is
+    recomputed (RFC 9162 §2.1.1); it must equal ``expected_root``. This proves
+    more than inclusion: nothing was left out after ``first``, which is how a
+    client checks that an epoch is the latest one in the log."""
+    if not 0 <= first < size or len(leaves) != size - first:
+        raise ProofError("the tail must hold every leaf from first to size")
+    verify_inclusion(leaves[0], first, size, proof, expected_root)
+    left: list[bytes] = []  # left siblings, bottom-up (as verify_inclusion meets them)
+    fn, sn = first, size - 1
+    for p in proof:
+        if fn & 1 or fn == sn:
+            left.append(p)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        fn >>= 1
+        sn >>= 1
+    blocks: dict[tuple[int, int], bytes] = {}
+    lo = 0
+    widths = [1 << b for b in range(first.bit_length() - 1, -1, -1) if first >> b & 1]
+    if len(widths) != len(left):
+        raise ProofError("the proof does not cover the tree before the tail")
+    for width, node in zip(widths, reversed(left), strict=True):
+        blocks[(lo, lo + width)] = node
+        lo += width
+
+    def mth(lo: int, hi: int) -> bytes:
+        if hi <= first:
+            found = blocks.get((lo, hi))
+            if found is None:
+                raise ProofError("the proof does not cover the tree before the tail")
+            return found
+        if hi - lo == 1:
+            return leaves[lo - first]
+        k = _split(hi - lo)
+        return node_hash(mth(lo, lo + k), mth(lo + k, hi))
+
+    if mth(0, size) != expected_root:
+        raise ProofError("the tail does not add up to the root")

@@ -102,12 +102,6 @@ def build_public_router(
     ) -> dict[str, Any]:
         return await aggregate(log, quarter or current_quarter(clock()))
 
-    @router.get("/v1/kt/lookup/{account_id}", tags=["transparency"])
-    async def kt_lookup(account_id: str, request: Request) -> dict[str, Any]:
-        """An account's keys as published in the key directory, with the proof."""
-        kt_handler = request.app.state.parley["kt"]
-        return dict(await kt_handler.lookup(account_id))
-
     @router.get("/v1/policy", tags=["transparency"])
     async def policy() -> dict[str, Any]:
         """The current privacy policy, served only if its hash is in the transparency log."""

@@ -1,18 +1,26 @@
 """Key transparency: every account's identity key and device list, published in
 the key directory (``translog.directory``) with a new root per epoch.
 
-Theory of operation. An epoch reads the key material from the database,
-bumps the version of every account whose state changed, updates the sparse
-Merkle tree, and, if the root moved, appends ``{"kind": "kt_epoch", epoch,
-root, size}`` to the public transparency log, whose signed heads make each
-epoch root a public, append-only commitment. Epochs run every
-``--kt-epoch-seconds`` (default 10) and right after any key change on this
-server. A lookup returns the account's published state with its directory
-proof and the log index of the epoch, so a client can verify it up to a signed
-head. Because the epoch is built from the database itself, a key or device
-slipped into the database either shows up in the directory, where its owner's
-self-monitoring sees it, or it does not, and then bundles disagree with the
-directory and contacts refuse them.
+Theory of operation. An epoch reads the key material from the database
+(identity keys, device rows, and the device list each owner signed), and for
+every account whose state differs from its latest published version writes a
+new version (version + 1, this epoch's number, the previous version's value),
+updates the sparse Merkle tree, and appends ``{"kind": "kt_epoch", epoch, root,
+size}`` to the public transparency log, whose signed heads make each epoch
+root a public, append-only commitment. Epochs run every ``--kt-epoch-seconds``
+(default 10) and right after any key change on this server; an epoch is also
+logged when more than ``MAX_TAIL`` other entries were appended since the last
+one, so a lookup's proof of freshness stays short.
+
+A lookup is self-contained: the account's latest version with its directory
+proof, the signed head of the log at that moment, the inclusion proof of the
+epoch's entry under it, every log entry from the epoch's to the head's end (the
+client checks none is a later epoch: *freshness*), and, if the client names the
+size of the head it verified last, the consistency proof from it. The owner's
+history is every version after the one it checked last, with a lookup taken
+under the same lock. Because the epoch is built from the database itself, a key
+or device slipped into the database shows up in the directory, where its
+owner's monitoring sees it, or it does not, and then contacts refuse the keys.
 """
 
 from __future__ import annotations
@@ -23,29 +31,40 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from parley.errors import NotFound
+from parley.errors import BadRequest, Conflict, NotFound
 from parley.server.handlers.transparency import TransparencyHandler
-from parley.server.storage.kt import KtStore
+from parley.server.storage.kt import KtStore, Version
 from parley.translog import directory as kt
-from parley.translog.directory import Directory
+from parley.translog.directory import DeviceList, Directory, DirectoryProofError
 
 log = logging.getLogger(__name__)
+
+MAX_TAIL = 64  # log entries after the latest epoch before an epoch is logged anyway
+MAX_HISTORY = 1000  # versions per history answer
+
+
+class StaleDeviceList(Conflict):
+    code = "stale_device_list"
+
+
+def _e(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class KtHandler:
     def __init__(
         self,
         store: KtStore,
-        secret: bytes,
         transparency: TransparencyHandler,
         clock_ms: Callable[[], int],
     ) -> None:
         self._store = store
-        self._secret = secret
         self._log = transparency
         self._now = clock_ms
         self._tree = Directory()
-        self._published: dict[str, tuple[int, bytes, bytes, list[int]]] = {}
+        self._latest: dict[str, Version] | None = None
+        self._present: set[str] = set()
+        self._raw: dict[str, tuple[bytes, tuple[int, ...], bytes]] = {}
         self.epoch = 0
         self.root = kt.EMPTY
         self.log_index: int | None = None
@@ -58,52 +77,80 @@ class KtHandler:
 
     async def publish(self) -> dict[str, Any]:
         async with self._lock:
-            states = await self._store.key_states()
-            stored = await self._store.published()
-            changed: dict[str, tuple[int, bytes]] = {}
-            for account, (identity, devices) in states.items():
-                version, value = stored.get(account, (0, b""))
-                current = kt.value_hash(account, version, identity, devices)
-                if current != value:
-                    version += 1
-                    current = kt.value_hash(account, version, identity, devices)
-                    changed[account] = (version, current)
-                previous = self._published.get(account)
-                self._published[account] = (version, current, identity, devices)
-                if previous is None or previous[1] != current:  # rehash changed paths only
-                    self._tree.set(kt.index_of(self._secret, account), current)
-            # Deleted accounts keep their last leaf (history is append-only); they no longer resolve.
-            removed = [a for a in stored if a not in states]
-            for a in removed:
-                self._published.pop(a, None)
-            if changed:
-                await self._store.save(changed, [])
-            root = self._tree.commit()
             if self.log_index is None:
                 await self._resume()
-            if root != self.root or self.log_index is None:
-                self.epoch += 1
+            if self._latest is None:
+                self._latest = await self._store.latest()
+                for account, v in self._latest.items():
+                    self._tree.set(kt.index_of(account), v.value)
+            latest = self._latest
+            epoch = self.epoch + 1
+            states = await self._store.key_states()
+            added: list[tuple[str, Version]] = []
+            for account, raw in states.items():
+                current = latest.get(account)
+                if self._raw.get(account) == raw and current is not None:
+                    continue
+                self._raw[account] = raw
+                identity, devices, device_list = raw
+                if kt.signed_devices(device_list, identity, account) is None:
+                    device_list = b""  # not signed by this identity (e.g. before re-registration)
+                if current is not None and (
+                    current.identity_key,
+                    current.devices,
+                    current.device_list,
+                ) == (identity, devices, device_list):
+                    continue
+                number = 1 if current is None else current.version + 1
+                prev = kt.EMPTY if current is None else current.value
+                value = kt.value_hash(account, number, epoch, identity, devices, device_list, prev)
+                v = Version(number, epoch, identity, devices, device_list, prev, value)
+                added.append((account, v))
+                latest[account] = v
+                self._tree.set(kt.index_of(account), value)
+            # Deleted accounts no longer resolve; their leaf stays until the tree is
+            # rebuilt at the next start (the log keeps every earlier root anyway).
+            gone = [a for a in latest if a not in states]
+            for a in gone:
+                latest.pop(a)
+                self._raw.pop(a, None)
+            self._present = set(states)
+            await self._store.forget(gone)
+            if added:
+                await self._store.add(added)
+            root = self._tree.commit()
+            size = (await self._log.head()).size
+            if (
+                root != self.root
+                or self.log_index is None
+                or size - self.log_index > MAX_TAIL
+                or added
+            ):
+                self.epoch = epoch
                 self.root = root
                 self.log_index = await self._log.append(
-                    "kt_epoch", {"epoch": self.epoch, "root": root.hex(), "size": self._tree.size}
+                    "kt_epoch", {"epoch": epoch, "root": root.hex(), "size": self._tree.size}
                 )
             return {
                 "epoch": self.epoch,
                 "root": self.root.hex(),
                 "log_index": self.log_index,
-                "changed": len(changed),
+                "changed": len(added),
             }
 
     async def _resume(self) -> None:
-        """After a restart, continue from the last logged epoch (no epoch without a change)."""
+        """After a restart, continue from the last logged epoch."""
         head = await self._log.head()
-        start = max(0, head.size - 1000)
-        for entry in reversed(await self._log.entries(start, head.size)):
-            if entry["kind"] == "kt_epoch":
-                self.epoch = int(entry["body"]["epoch"])
-                self.root = bytes.fromhex(entry["body"]["root"])
-                self.log_index = int(entry["index"])
-                return
+        end = head.size
+        while end > 0:
+            start = max(0, end - 1000)
+            for entry in reversed(await self._log.entries(start, end)):
+                if entry["kind"] == "kt_epoch":
+                    self.epoch = int(entry["body"]["epoch"])
+                    self.root = bytes.fromhex(entry["body"]["root"])
+                    self.log_index = int(entry["index"])
+                    return
+            end = start
 
     async def loop(self, interval_s: float) -> None:
         """Publish every ``interval_s``, or soon after a key change (the first epoch is
@@ -121,28 +168,84 @@ class KtHandler:
             except Exception as exc:
                 log.warning("key directory epoch failed: %s", type(exc).__name__)
 
-    async def lookup(self, account_id: str) -> dict[str, Any]:
-        """The published state of an account with its proof (no other account named).
-
-        Taken under the epoch lock: while an epoch is being built the tree holds
-        leaves of the next epoch, and a proof must match the root it is served with."""
+    async def lookup(self, account_id: str, since: int = 0) -> dict[str, Any]:
+        """The published state of an account with every proof a client needs (no other
+        account named). Taken under the epoch lock: while an epoch is being built the
+        tree holds leaves of the next epoch, and a proof must match its root."""
         async with self._lock:
-            return self._lookup(account_id)
+            return await self._lookup(account_id, since)
 
-    def _lookup(self, account_id: str) -> dict[str, Any]:
-        state = self._published.get(account_id)
-        index = kt.index_of(self._secret, account_id)
-        found = self._tree.prove(index)
-        if state is None or found is None or self.log_index is None:
+    async def history(self, account_id: str, since_version: int, since: int) -> dict[str, Any]:
+        """The owner's versions after ``since_version``, and its lookup, under one lock."""
+        async with self._lock:
+            found = await self._store.history(account_id, since_version, MAX_HISTORY)
+            return {
+                "versions": [_version_json(v) for v in found],
+                "more": len(found) == MAX_HISTORY,
+                "lookup": await self._lookup(account_id, since),
+            }
+
+    async def _lookup(self, account_id: str, since: int) -> dict[str, Any]:
+        latest = self._latest or {}
+        state = latest.get(account_id) if account_id in self._present else None
+        found = self._tree.prove(kt.index_of(account_id))
+        if state is None or found is None or self.log_index is None or found[0] != state.value:
             raise NotFound("this account is not in the key directory yet")
-        version, _value, identity, devices = state
+        head = await self._log.head()
+        tail = await self._log.entries(self.log_index, head.size)
         return {
             "epoch": self.epoch,
-            "root": base64.b64encode(self.root).decode(),
+            "root": _e(self.root),
             "log_index": self.log_index,
-            "index": base64.b64encode(index).decode(),
-            "version": version,
-            "identity_key": base64.b64encode(identity).decode(),
-            "devices": devices,
-            "proof": base64.b64encode(found[1].to_bytes()).decode(),
+            **_version_json(state),
+            "proof": _e(found[1].to_bytes()),
+            "head": {
+                "size": head.size,
+                "root": _e(head.root),
+                "timestamp_ms": head.timestamp_ms,
+                "signature": _e(head.signature),
+            },
+            "public_key": _e(self._log.key.public),
+            "inclusion": [_e(p) for p in await self._log.inclusion(self.log_index, head.size)],
+            "tail": [_e(e["raw"]) for e in tail],
+            "consistency": (
+                [_e(p) for p in await self._log.consistency(since, head.size)]
+                if 0 < since <= head.size
+                else None
+            ),
         }
+
+    async def put_device_list(
+        self, account_id: str, counter: int, devices: list[int], signature: bytes
+    ) -> None:
+        """Store the device list an owner signed; the signature must verify under the
+        account's identity key and the counter must be newer than the stored one's."""
+        identity = await self._store.identity(account_id)
+        if identity is None:
+            raise NotFound("no such account")
+        if devices != sorted(set(devices)) or len(devices) > kt.MAX_DEVICES:
+            raise BadRequest("devices must be distinct and in ascending order", "invalid_request")
+        signed = DeviceList(counter, tuple(devices), signature)
+        try:
+            blob = signed.to_bytes()
+            DeviceList.from_bytes(blob)
+        except DirectoryProofError as exc:
+            raise BadRequest("malformed device list", "invalid_request") from exc
+        if kt.signed_devices(blob, identity, account_id) is None:
+            raise BadRequest(
+                "the device list is not signed by this account's identity key", "invalid_request"
+            )
+        if not await self._store.put_device_list(account_id, counter, blob):
+            raise StaleDeviceList("a newer device list is already stored")
+        self.request_epoch()
+
+
+def _version_json(v: Version) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "version_epoch": v.epoch,
+        "identity_key": _e(v.identity_key),
+        "devices": list(v.devices),
+        "device_list": _e(v.device_list),
+        "prev": _e(v.prev),
+    }

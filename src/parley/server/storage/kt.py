@@ -1,22 +1,57 @@
-"""Key-directory state: each account's published version and value, and the key
-material the directory is built from (identity keys and device lists)."""
+"""Key-directory state: every published version of every account's entry, each
+owner's signed device list, and the key material the directory is built from
+(identity keys and device lists)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.server.storage.tables import accounts, devices, kt_state
+from parley.server.storage.tables import accounts, devices, kt_device_lists, kt_versions
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of an account's directory entry, as its leaf commits to it."""
+
+    version: int
+    epoch: int
+    identity_key: bytes
+    devices: tuple[int, ...]
+    device_list: bytes
+    prev: bytes
+    value: bytes
+
+
+def _devices_text(found: tuple[int, ...]) -> str:
+    return ",".join(str(d) for d in found)
+
+
+def _version(r: Any) -> Version:
+    text = str(r.devices)
+    return Version(
+        int(r.version),
+        int(r.epoch),
+        bytes(r.identity_key),
+        tuple(int(d) for d in text.split(",")) if text else (),
+        bytes(r.device_list),
+        bytes(r.prev),
+        bytes(r.value_hash),
+    )
 
 
 class KtStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def key_states(self) -> dict[str, tuple[bytes, list[int]]]:
-        """account id -> (identity key, device ids), as the database holds them now."""
+    async def key_states(self) -> dict[str, tuple[bytes, tuple[int, ...], bytes]]:
+        """account id -> (identity key, device ids, signed device list or b""), as the
+        database holds them now."""
         async with self._engine.connect() as conn:
             identities = {
                 r.id: bytes(r.identity_key)
@@ -25,28 +60,102 @@ class KtStore:
             found: dict[str, list[int]] = defaultdict(list)
             for r in await conn.execute(select(devices.c.account_id, devices.c.device_id)):
                 found[r.account_id].append(int(r.device_id))
-        return {a: (k, sorted(found.get(a, []))) for a, k in identities.items()}
-
-    async def published(self) -> dict[str, tuple[int, bytes]]:
-        async with self._engine.connect() as conn:
-            return {
-                r.account_id: (int(r.version), bytes(r.value_hash))
-                for r in await conn.execute(select(kt_state))
-            }
-
-    async def save(self, changed: dict[str, tuple[int, bytes]], removed: list[str]) -> None:
-        async with self._engine.begin() as conn:
-            for account, (version, value) in changed.items():
-                result = await conn.execute(
-                    update(kt_state)
-                    .where(kt_state.c.account_id == account)
-                    .values(version=version, value_hash=value)
+            lists = {
+                r.account_id: bytes(r.device_list)
+                for r in await conn.execute(
+                    select(kt_device_lists.c.account_id, kt_device_lists.c.device_list)
                 )
-                if not result.rowcount:
-                    await conn.execute(
-                        insert(kt_state).values(
-                            account_id=account, version=version, value_hash=value
-                        )
+            }
+        return {
+            a: (k, tuple(sorted(found.get(a, []))), lists.get(a, b""))
+            for a, k in identities.items()
+        }
+
+    async def latest(self) -> dict[str, Version]:
+        """Each account's latest published version."""
+        newest = (
+            select(kt_versions.c.account_id, func.max(kt_versions.c.version).label("version"))
+            .group_by(kt_versions.c.account_id)
+            .subquery()
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(kt_versions).join(
+                    newest,
+                    (kt_versions.c.account_id == newest.c.account_id)
+                    & (kt_versions.c.version == newest.c.version),
+                )
+            )
+            return {r.account_id: _version(r) for r in rows}
+
+    async def add(self, versions: list[tuple[str, Version]]) -> None:
+        async with self._engine.begin() as conn:
+            for account, v in versions:
+                await conn.execute(
+                    insert(kt_versions).values(
+                        account_id=account,
+                        version=v.version,
+                        epoch=v.epoch,
+                        identity_key=v.identity_key,
+                        devices=_devices_text(v.devices),
+                        device_list=v.device_list,
+                        prev=v.prev,
+                        value_hash=v.value,
                     )
-            if removed:
-                await conn.execute(delete(kt_state).where(kt_state.c.account_id.in_(removed)))
+                )
+
+    async def history(self, account: str, since: int, limit: int) -> list[Version]:
+        """The versions after ``since``, oldest first (at most ``limit``)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(kt_versions)
+                .where(kt_versions.c.account_id == account, kt_versions.c.version > since)
+                .order_by(kt_versions.c.version)
+                .limit(limit)
+            )
+            return [_version(r) for r in rows]
+
+    async def forget(self, gone: list[str]) -> None:
+        """Deleted accounts: their versions and device lists go with them."""
+        if not gone:
+            return
+        async with self._engine.begin() as conn:
+            for table in (kt_versions, kt_device_lists):
+                await conn.execute(delete(table).where(table.c.account_id.in_(gone)))
+
+    async def identity(self, account: str) -> bytes | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(accounts.c.identity_key).where(accounts.c.id == account))
+            ).first()
+        return None if row is None else bytes(row.identity_key)
+
+    async def put_device_list(self, account: str, counter: int, blob: bytes) -> bool:
+        """Store a signed list if its counter is newer than the stored one's."""
+        try:
+            return await self._put_device_list(account, counter, blob)
+        except IntegrityError:  # another device's first list won the race
+            return False
+
+    async def _put_device_list(self, account: str, counter: int, blob: bytes) -> bool:
+        async with self._engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    select(kt_device_lists.c.counter).where(kt_device_lists.c.account_id == account)
+                )
+            ).first()
+            if row is None:
+                await conn.execute(
+                    insert(kt_device_lists).values(
+                        account_id=account, counter=counter, device_list=blob
+                    )
+                )
+                return True
+            if counter <= int(row.counter):
+                return False
+            await conn.execute(
+                update(kt_device_lists)
+                .where(kt_device_lists.c.account_id == account)
+                .values(counter=counter, device_list=blob)
+            )
+            return True

@@ -309,14 +309,28 @@ policies = Table(
     Column("published_ms", BigInteger, nullable=False),
 )
 
-# -- key transparency (migration 0004) ---------------------------------------------------
-
-kt_state = Table(
-    "kt_state",
+# -- key transparency (migrations 0004, 0006) -------------------------------------------
+# Every version of every account's directory entry, as published (the owner's history
+# proof is read from here), and the device list each owner last signed.
+kt_versions = Table(
+    "kt_versions",
     metadata,
     Column("account_id", String(36), primary_key=True),
-    Column("version", Integer, nullable=False),
+    Column("version", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("identity_key", LargeBinary(64), nullable=False),
+    Column("devices", String(800), nullable=False),
+    Column("device_list", LargeBinary, nullable=False),
+    Column("prev", LargeBinary(32), nullable=False),
     Column("value_hash", LargeBinary(32), nullable=False),
+)
+
+kt_device_lists = Table(
+    "kt_device_lists",
+    metadata,
+    Column("account_id", String(36), primary_key=True),
+    Column("counter", BigInteger, nullable=False),
+    Column("device_list", LargeBinary, nullable=False),
 )
 
 __all__ = ["UniqueConstraint", "metadata"]
