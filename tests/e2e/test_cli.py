@@ -89,15 +89,19 @@ def test_group_with_a_removal(cli: tuple[ServerProcess, Run]) -> None:
     )["id"]
     run("alice", "group", "send", gid, "hello group")
     for member in ("bob", "carol"):
-        assert [(m["text"], m["group"], m["sender"]) for m in _received(run, member)] == [
-            ("hello group", gid, alice)
-        ]
+        # every change to the group is shown: first, that alice created it
+        assert [
+            (m["event"], m["group_name"], m["text"], m["group"], m["sender"])
+            for m in _received(run, member)
+        ] == [("created", "friends", "", gid, alice), (None, None, "hello group", gid, alice)]
     run("bob", "group", "send", gid, "bob here")
     assert [m["text"] for m in _received(run, "carol")] == ["bob here"]
     assert [m["text"] for m in _received(run, "alice")] == ["bob here"]
     run("alice", "group", "remove", gid, carol)
     run("alice", "group", "send", gid, "without carol")
-    run("bob", "group", "send", gid, "bob without carol")
+    # bob had not received the change yet: sending, he catches up first and is told
+    sent = run("bob", "group", "send", gid, "bob without carol")
+    assert f"[friends] {alice} removed {carol}" in sent.stderr
     # carol is told she was removed (and by whom), and gets nothing sent after it
     told = _received(run, "carol")
     assert [(m["event"], m["group"], m["sender"], m["text"]) for m in told] == [
@@ -105,6 +109,8 @@ def test_group_with_a_removal(cli: tuple[ServerProcess, Run]) -> None:
     ]
     assert [m["text"] for m in _received(run, "bob")] == ["without carol"]
     assert [m["text"] for m in _received(run, "alice")] == ["bob without carol"]
+    lines = run("bob", "history", gid).stdout
+    assert "created the group" in lines and f"removed {carol}" in lines
     groups = json.loads(run("alice", "group", "list", "--json").stdout)
     assert groups[0]["name"] == "friends" and carol not in groups[0]["members"]
 

@@ -139,7 +139,10 @@ def test_hostile_text_names_and_files_are_shown_literally(
     assert_shown_safely(received.stdout, ["\x1b]0;pwned\x07[b]grp"])  # the group's name
     assert "[attachment: fake.pdf]" in received.stdout  # a marker in text stays text
     lines = received.stdout.splitlines()
-    assert len(lines) == len(HOSTILE) + 2  # a newline in a message cannot forge a line
+    # a newline in a message cannot forge a line: one per message, the attachment,
+    # the group's creation and its message
+    assert len(lines) == len(HOSTILE) + 3
+    assert sum("created the group" in line for line in lines) == 1
 
     history = run("bob", "history", eve)
     assert history.returncode == 0 and "Traceback" not in history.stderr
@@ -398,7 +401,7 @@ def test_names_times_and_groups_by_name(cli: tuple[ServerProcess, Run]) -> None:
     run("alice", "group", "create", "book club", "--member", bob)
     run("alice", "group", "send", "book club", "chapter one")
     got = _received(run, "bob")
-    assert [m["text"] for m in got] == ["chapter one"]
+    assert [(m["event"], m["text"]) for m in got] == [("created", ""), (None, "chapter one")]
     run("bob", "group", "send", "book club", "read it")
     assert [m["text"] for m in _received(run, "alice")] == ["read it"]
     run("alice", "group", "create", "book club", "--member", bob)

@@ -319,13 +319,27 @@ def _message_line(entry: dict[str, Any], groups: dict[str, str]) -> Text:
         if entry.get("group")
         else Text()
     )
+    if entry.get("description"):  # a change to the group ("Alice added Dave")
+        return join(where, _who(entry), " ", literal(entry["description"]))
     if entry.get("event") == "removed":
         return join(where, _who(entry), " removed you from the group")
     return join(where, _who(entry), ": ", literal(entry["text"]), _attachments(entry))
 
 
 def _public(entry: dict[str, Any], *extra: str) -> dict[str, Any]:
-    keys = ("id", "chat", "group", "sender", "sender_name", "text", "sent_at", "event", *extra)
+    keys = (
+        "id",
+        "chat",
+        "group",
+        "sender",
+        "sender_name",
+        "text",
+        "sent_at",
+        "event",
+        "member",
+        "group_name",
+        *extra,
+    )
     public = {k: entry.get(k) for k in keys}
     public["attachments"] = [
         {k: a.get(k) for k in ("id", "name", "size", "content_type")}
@@ -595,7 +609,9 @@ def _history(app: App, args: argparse.Namespace) -> None:
     groups = app.group_names()
     table = Table("sent", "from", "text")
     for entry in entries:
-        if entry.get("event") == "removed":
+        if entry.get("description"):
+            body = literal(entry["description"])
+        elif entry.get("event") == "removed":
             body = Text("removed you from the group")
         else:
             body = join(literal(entry["text"], multiline=True), _attachments(entry))

@@ -32,6 +32,7 @@ from typing import Any
 
 import websockets
 
+from parley.client import groups as grp
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
 from parley.client.kt import (
@@ -51,6 +52,7 @@ from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.display import visible
 from parley.errors import (
     DecryptionError,
+    InvalidGroupChange,
     ParleyError,
     RemoteProtocolError,
     ServerError,
@@ -58,9 +60,11 @@ from parley.errors import (
 )
 from parley.phone import InvalidPhone, e164
 from parley.protocol import attachments as attachment_crypto
+from parley.protocol import group_state as gs
 from parley.protocol.fingerprint import display, parse, safety_number
 from parley.protocol.franking import direct_conversation, group_conversation
 from parley.protocol.keys import IdentityKeyPair
+from parley.protocol.sender_keys import GroupSession
 from parley.protocol.wire import MAX_TEXT, AttachmentPointer, Content, IdentityPublic
 from parley.translog import directory
 
@@ -165,6 +169,8 @@ class App:
         self.notify = notify or (lambda _line: None)
         # Told of every refused message (sender, reason): `receive --json` prints it.
         self.on_refusal: Callable[[str, str], None] = lambda _who, _why: None
+        # Group changes applied while a message was handled, shown before it (receive).
+        self._group_lines: list[dict[str, Any]] = []
 
     # -- profile plumbing ------------------------------------------------------------------------
 
@@ -559,44 +565,381 @@ class App:
         return str(await self.run(act))
 
     # -- groups ---------------------------------------------------------------------------------------
+    # A group's members, admins and name are its signed state (protocol/group_state.py,
+    # client/groups.py): a chain of changes each signed by an admin, carried over the
+    # 1:1 sessions and kept sealed by the server. Sender keys go to that roster only.
+    # The server's own membership routes messages, and where it disagrees the user is
+    # told; nothing it says changes the roster.
 
-    async def _group_members(self, s: Session, gid: str) -> list[str]:
+    def _group(self, s: Session, ref: str) -> tuple[str, GroupSession]:
+        gid = self.group_id(s.state, ref)
+        group = s.device.groups.get(gid)
+        if group is None or group.log is None:
+            raise ClientError(
+                f"this device holds no signed state for group {ref!r} yet "
+                "(run 'parley receive'; a group made before signed groups must be created again)"
+            )
+        return gid, group
+
+    @staticmethod
+    def _group_name(s: Session, gid: str) -> str:
+        log = grp.log_of(s.device, gid)
+        if log is not None and log.state.name:
+            return log.state.name
+        return str(s.state.get("groups", {}).get(gid, {}).get("name") or gid)
+
+    @staticmethod
+    def _sync_group_record(s: Session, gid: str) -> None:
+        """The profile's record of a group (its name, for lines and names on the
+        command line) follows the signed state."""
+        log = grp.log_of(s.device, gid)
+        if log is None:
+            return
+        record = s.state.setdefault("groups", {}).setdefault(gid, {"name": gid})
+        record["name"] = log.state.name[:MAX_NAME] or gid
+        record["left"] = s.device.account_id not in log.state.members
+
+    async def _member_phone(self, s: Session, gid: str, account: str) -> str:
+        """A member's number: known from contacts, or the adding admin's word for it once
+        the directory agrees (same account and the identity the admin signed); else the
+        account id."""
+        if account == s.device.account_id:
+            return s.phone
+        contact = s.state["contacts"].get(account)
+        if contact and contact.get("phone"):
+            return str(contact["phone"])
+        log = grp.log_of(s.device, gid)
+        added = [
+            a
+            for change in (log.changes if log else [])
+            for a in change.actions
+            if isinstance(a, gs.Add) and a.member == account and a.phone
+        ]
+        if not added:
+            return account
+        hint = added[-1]
         try:
-            info = await s.api.call("GET", f"/v1/groups/{gid}")
-        except ServerError as exc:
-            if exc.code == "not_found":
-                raise ClientError(f"no group {gid} (or you are not a member)") from exc
-            raise
-        return list(info["members"])
+            info = await s.api.call("GET", f"/v1/directory/{normalize_phone(hint.phone)}")
+        except (ServerError, ClientError):
+            return account
+        if info["account_id"] == account and info["identity_key"] == b64e(hint.identity):
+            self._remember(s, account, info["identity_key"], phone=hint.phone)
+            return hint.phone
+        return account
 
-    async def _announce(self, s: Session, gid: str, rotate: bool) -> None:
-        """Tell every member (and our other devices) the group and our sender key."""
-        group = s.device.group(gid)
-        members = await self._group_members(s, gid)
-        others = [m for m in members if m != s.device.account_id]
-        removed = group.members - set(others)
-        for m in removed:
-            group.remove_member(m, s.device.rng)
-        if rotate or removed:
-            group.rotate(s.device.rng)
-        group.add_members(others)
-        info = s.state["groups"].setdefault(gid, {"name": gid, "members": {}})
-        skd = base64.b64encode(group.outbound.distribution().to_bytes()).decode()
-        for member in [*others, s.device.account_id]:
-            own_devices = await s.api.call("GET", f"/v1/accounts/{member}")
-            if member == s.device.account_id and len(own_devices["devices"]) < 2:
+    async def _has_other_devices(self, s: Session) -> bool:
+        return len((await s.api.call("GET", "/v1/devices"))["devices"]) > 1
+
+    async def _send_control(self, s: Session, account: str, **control: Any) -> None:
+        content = self._content(s, "", **control)
+        await self._send_to_account(s, account, content, str(uuid.uuid4()))
+
+    async def _store_change(
+        self, s: Session, gid: str, change: gs.GroupChange, master: bytes
+    ) -> None:
+        sealed = gs.seal(master, change, s.device.rng)
+        await s.api.call(
+            "PUT", f"/v1/groups/{gid}/changes/{change.version}", {"change": b64e(sealed)}
+        )
+
+    async def _make_change(
+        self, s: Session, gid: str, actions: list[gs.Action]
+    ) -> tuple[gs.GroupChange, set[str]]:
+        """Sign the next change, have the server store it as the next version (after
+        catching up if another admin changed the group first), then apply it.
+        Returns it with the members before it."""
+        for _ in range(3):
+            log = grp.log_of(s.device, gid)
+            assert log is not None
+            try:
+                change = grp.propose(s.device, gid, actions)
+            except InvalidGroupChange as exc:
+                raise ClientError(
+                    f"that change to the group is not possible: {exc.message}"
+                ) from exc
+            try:
+                await self._store_change(s, gid, change, log.master_key)
+            except ServerError as exc:
+                if exc.code != "version_conflict":
+                    raise
+                await self._catch_up(s, gid)
                 continue
-            content = self._content(s, "", group={"id": gid, "name": info["name"]}, sender_key=skd)
-            await self._send_to_account(s, member, content, str(uuid.uuid4()))
-        info["announced"] = sorted(others)
+            before = set(log.state.members)
+            events = grp.commit(s.device, gid, change)
+            self._sync_group_record(s, gid)
+            for i, event in enumerate(events):
+                self._record(s, **await self._event_entry(s, gid, event, i, now_ms()))
+            return change, before
+        raise ClientError("the group kept changing while this change was made; try again")
+
+    async def _deliver_change(
+        self, s: Session, gid: str, change: gs.GroupChange, before: set[str]
+    ) -> None:
+        """Send a change to every member before and after it (a removed member learns
+        it), new members first and with the whole history and the master key (so no
+        member's key can reach them before the state that makes it acceptable), and
+        to our other devices."""
+        log = grp.log_of(s.device, gid)
+        assert log is not None
+        me = s.device.account_id
+        after = set(log.state.members)
+        new = sorted(after - before - {me})
+        for member in new:
+            await self._send_control(
+                s, member, group=grp.info(s.device, gid, changes=log.changes, key=True)
+            )
+        for member in sorted((before | after) - set(new) - {me}):
+            await self._send_control(s, member, group=grp.info(s.device, gid, changes=[change]))
+        if await self._has_other_devices(s):
+            await self._send_control(
+                s, me, group=grp.info(s.device, gid, changes=log.changes, key=True)
+            )
+
+    async def _roster_identity_ok(self, s: Session, gid: str, member: str) -> bool:
+        """The key directory must give a member the identity the admin who added them
+        signed; otherwise that account gets no sender key (and the user is told)."""
+        log = grp.log_of(s.device, gid)
+        assert log is not None
+        try:
+            published = await self._published(s, member)
+        except ParleyError:
+            published = None
+        if (
+            published is not None
+            and published["identity_key"] == log.state.members[member].identity
+        ):
+            return True
+        who = await self._member_phone(s, gid, member)
+        self.notify(
+            f"ALARM: the key directory does not give {who} the identity key with which "
+            f"{self._group_name(s, gid)!r} lists them; they get no key from you"
+        )
+        return False
+
+    async def _announce(self, s: Session, gid: str) -> None:
+        """Our current sender key (with our state) to every member of the signed roster
+        who lacks it, and to our other devices (with the history and master key)."""
+        group = s.device.groups[gid]
+        log = group.log
+        assert log is not None
+        me = s.device.account_id
+        skd = grp.sender_key(s.device, gid)
+        for member in grp.needs_key(group):
+            if member == me:
+                if await self._has_other_devices(s):
+                    info = grp.info(s.device, gid, changes=log.changes, key=True)
+                    await self._send_control(s, me, group=info, sender_key=skd)
+            elif await self._roster_identity_ok(s, gid, member):
+                await self._send_control(s, member, group=grp.info(s.device, gid), sender_key=skd)
+            else:
+                continue
+            group.sent_to.add(member)
+
+    async def _catch_up(self, s: Session, gid: str) -> None:
+        """Apply what the server's sealed copy of the history holds beyond our version;
+        every change is verified as if a member had sent it. A copy that does not
+        verify is refused (and said), never applied."""
+        group = s.device.groups[gid]
+        log = group.log
+        assert log is not None
+        while True:
+            try:
+                page = await s.api.call("GET", f"/v1/groups/{gid}/changes?since={log.version + 1}")
+            except ServerError as exc:
+                if exc.code in ("not_found", "forbidden"):
+                    break
+                raise
+            sealed = page.get("changes", [])
+            if not sealed:
+                break
+            try:
+                changes = [
+                    gs.unseal(
+                        log.master_key,
+                        group.group_id,
+                        int(c["version"]),
+                        base64.b64decode(c["change"]),
+                    )
+                    for c in sealed
+                ]
+                grp.extend(s.device, gid, changes)
+            except (RemoteProtocolError, KeyError, TypeError, ValueError) as exc:
+                self.notify(
+                    f"the server's copy of {self._group_name(s, gid)!r}'s history does not "
+                    f"verify ({exc}); it was not applied"
+                )
+                break
+            if len(sealed) < grp.SERVER_PAGE:
+                break
+        grp.retry_deferred(s.device, gid)
+        self._sync_group_record(s, gid)
+
+    async def _bootstrap(self, s: Session, gid: str, master: bytes, deliverer: str) -> None:
+        """A history too long for one message: read it from the server's sealed copy,
+        then trust it as if the member who sent the key had sent it all."""
+        changes: list[gs.GroupChange] = []
+        while True:
+            page = await s.api.call("GET", f"/v1/groups/{gid}/changes?since={len(changes)}")
+            sealed = page.get("changes", [])
+            changes += [
+                gs.unseal(
+                    master, bytes.fromhex(gid), int(c["version"]), base64.b64decode(c["change"])
+                )
+                for c in sealed
+            ]
+            if len(sealed) < grp.SERVER_PAGE:
+                break
+        grp.start(s.device, gid, master, changes, deliverer)
+        self._sync_group_record(s, gid)
+
+    async def _answer_requests(self, s: Session, gid: str) -> None:
+        """Members who asked (they saw a newer state, or a key they lack) get our key
+        and the changes after the state they named."""
+        group = s.device.groups[gid]
+        log = group.log
+        assert log is not None
+        skd = grp.sender_key(s.device, gid)
+        for member, named in group.requests.items():
+            if member not in log.state.members:
+                continue
+            on_chain = (
+                named is not None and named[0] <= log.version and log.hash_at(named[0]) == named[1]
+            )
+            changes = log.since(named[0]) if on_chain and named is not None else log.changes
+            info = grp.info(s.device, gid, changes=changes, key=not on_chain)
+            await self._send_control(s, member, group=info, sender_key=skd)
+            group.sent_to.add(member)
+        group.requests.clear()
+
+    async def _check_server_view(
+        self, s: Session, gid: str, served: list[str] | None = None
+    ) -> list[str]:
+        """Accounts the server routes the group to that no admin added: they get no key
+        from us and their messages are refused; the user is told each time."""
+        log = grp.log_of(s.device, gid)
+        assert log is not None
+        if served is None:
+            try:
+                served = list((await s.api.call("GET", f"/v1/groups/{gid}"))["members"])
+            except ServerError as exc:
+                if exc.code != "not_found":
+                    raise
+                served = []
+        ghosts = sorted(set(served) - set(log.state.members))
+        phones = [await self._member_phone(s, gid, g) for g in ghosts]
+        for who in phones:
+            self.notify(
+                f"ALARM: the server lists {who} as a member of {self._group_name(s, gid)!r}, "
+                "but no admin of the group added them: they get no key from you and their "
+                "messages are refused"
+            )
+        s.state["groups"].setdefault(gid, {"name": gid})["unconfirmed"] = ghosts
+        return phones
+
+    async def _hold_if_stale(self, s: Session, gid: str) -> None:
+        """Refuse to send under a roster a member has shown to be old (a newer state it
+        named, or a key of theirs this device never got, as after a removal): ask them
+        for what is missing instead. A different history is an alarm."""
+        group = s.device.groups[gid]
+        log = group.log
+        assert log is not None
+        name = self._group_name(s, gid)
+        if log.forked is not None:
+            who = await self._member_phone(s, gid, log.forked.by)
+            raise ClientError(
+                f"ALARM: {who} and this device were shown different histories of {name!r} "
+                f"(at version {log.forked.version}); nothing was sent"
+            )
+        missed = sorted(m for m in group.missed if m in log.state.members)
+        if log.pending is None and not missed:
+            return
+        ask = set(missed) | ({log.pending.by} if log.pending is not None else set())
+        for member in sorted(ask & set(log.state.members)):
+            await self._send_control(s, member, group=grp.info(s.device, gid, request=True))
+        who = ", ".join([await self._member_phone(s, gid, m) for m in sorted(ask)])
+        if log.pending is not None:
+            why = (
+                f"{name!r} has changed (version {log.pending.version}) but this device has "
+                f"only version {log.version}: the change has not reached it"
+            )
+        else:
+            why = (
+                f"the latest messages in {name!r} from {who} use a key this device never "
+                "received, so a change may have been kept from it"
+            )
+        raise ClientError(
+            f"{why}. Nothing was sent: {who} was asked for what is missing; "
+            "try again after 'parley receive'"
+        )
+
+    async def _event_entry(
+        self, s: Session, gid: str, event: gs.GroupEvent, index: int, sent_at: int
+    ) -> dict[str, Any]:
+        """A change as a history entry and a line ("Alice added Dave")."""
+        me = s.device.account_id
+        kind, member, group_name = event.kind, None, None
+        if kind in ("created", "renamed"):
+            group_name = event.subject
+        else:
+            member = await self._member_phone(s, gid, event.subject)
+            if event.subject == me and kind in ("member_added", "member_removed"):
+                kind = "added" if kind == "member_added" else "removed"
+        return {
+            # Not an id a sender may give a message (MESSAGE_ID): none can shadow a change.
+            "id": f"group:{gid}:{event.version}:{index}",
+            "chat": gid,
+            "group": gid,
+            "sender": await self._member_phone(s, gid, event.actor),
+            "sender_name": self._sender_name(s, event.actor, None),
+            "text": "",
+            "event": kind,
+            "member": member,
+            "group_name": group_name,
+            "description": grp.describe(kind, member, group_name, event.subject == me),
+            "attachments": [],
+            "sent_at": sent_at,
+            "outgoing": event.actor == me,
+        }
+
+    async def _show_events(self, s: Session, sent_at: int, receiving: bool) -> None:
+        """Record every applied change; ``receive`` shows them as lines, other commands
+        as notes."""
+        done: dict[tuple[str, int], int] = {}
+        for gid, event in grp.take_events(s.device):
+            index = done[gid, event.version] = done.get((gid, event.version), -1) + 1
+            self._sync_group_record(s, gid)
+            entry = await self._event_entry(s, gid, event, index, sent_at)
+            if any(h.get("id") == entry["id"] for h in s.state.get("history", [])):
+                continue
+            self._record(s, **entry)
+            if receiving:
+                self._group_lines.append(entry)
+            else:
+                self.notify(
+                    f"[{self._group_name(s, gid)}] {entry['sender']} {entry['description']}"
+                )
 
     async def group_create(self, name: str, phones: list[str]) -> str:
+        check_name(name)
+
         async def act(s: Session) -> str:
-            accounts = [(await self._contact(s, p))["account_id"] for p in phones]
-            created = await s.api.call("POST", "/v1/groups", {"members": accounts})
+            me = s.device.account_id
+            contacts = [await self._contact(s, p) for p in phones]
+            members = {c["account_id"]: c for c in contacts if c["account_id"] != me}
+            created = await s.api.call("POST", "/v1/groups", {"members": list(members)})
             gid = str(created["group_id"])
-            s.state["groups"][gid] = {"name": name, "members": {}}
-            await self._announce(s, gid, rotate=False)
+            adds = [
+                gs.Add(a, base64.b64decode(c["identity"]), str(c["phone"]))
+                for a, c in members.items()
+            ]
+            master, genesis = grp.create(s.device, gid, name, s.phone, adds)
+            await self._store_change(s, gid, genesis, master)
+            events = grp.commit(s.device, gid, genesis, master)
+            self._sync_group_record(s, gid)
+            for i, event in enumerate(events):
+                self._record(s, **await self._event_entry(s, gid, event, i, now_ms()))
+            await self._deliver_change(s, gid, genesis, set())
+            await self._announce(s, gid)
             return gid
 
         return str(await self.run(act))
@@ -619,22 +962,40 @@ class App:
         raise ClientError(f"no group named {ref!r} (see 'parley group list')")
 
     async def group_change(self, ref: str, phone: str, add: bool) -> None:
+        """Add or remove a member: a change signed by us (an admin), stored by the server
+        as the next version, then sent to every member; a removal rotates our key."""
+
         async def act(s: Session) -> None:
-            gid = self.group_id(s.state, ref)
-            account = (await self._contact(s, phone))["account_id"]
+            gid, group = self._group(s, ref)
+            await self._catch_up(s, gid)
+            await self._show_events(s, now_ms(), receiving=False)
+            log = group.log
+            assert log is not None
+            name = self._group_name(s, gid)
+            if not log.state.is_admin(s.device.account_id):
+                raise ClientError(f"only an admin of {name!r} can add or remove members")
+            contact = await self._contact(s, phone)
+            account = str(contact["account_id"])
+            action: gs.Action
             if add:
-                await s.api.call("POST", f"/v1/groups/{gid}/members", {"account_id": account})
+                if account in log.state.members:
+                    raise ClientError(f"{contact['phone']} is already a member of {name!r}")
+                try:
+                    await s.api.call("POST", f"/v1/groups/{gid}/members", {"account_id": account})
+                except ServerError as exc:
+                    if exc.code != "conflict":  # routed already (a member the server added)
+                        raise
+                action = gs.Add(account, base64.b64decode(contact["identity"]), contact["phone"])
             else:
-                await s.api.call("DELETE", f"/v1/groups/{gid}/members/{account}")
-                # The removed member is told, over its 1:1 session (it checks with the
-                # server that it really left before showing it).
-                name = s.state["groups"].get(gid, {}).get("name", gid)
-                told = self._content(
-                    s, "", group={"id": gid, "name": name}, removed=True, id=str(uuid.uuid4())
-                )
-                with contextlib.suppress(ParleyError):
-                    await self._send_to_account(s, account, told, str(uuid.uuid4()))
-            await self._announce(s, gid, rotate=not add)
+                if account not in log.state.members:
+                    raise ClientError(f"{contact['phone']} is not a member of {name!r}")
+                action = gs.Remove(account)
+            change, before = await self._make_change(s, gid, [action])
+            if not add:
+                with contextlib.suppress(ServerError):  # routing only: the roster has changed
+                    await s.api.call("DELETE", f"/v1/groups/{gid}/members/{account}")
+            await self._deliver_change(s, gid, change, before)
+            await self._announce(s, gid)
 
         await self.run(act)
 
@@ -642,13 +1003,21 @@ class App:
         check_text(text)
 
         async def act(s: Session) -> str:
-            gid = self.group_id(s.state, ref)
-            members = set(await self._group_members(s, gid)) - {s.device.account_id}
-            group = s.device.group(gid)
-            if members != group.members or s.state["groups"].get(gid, {}).get("announced") is None:
-                await self._announce(s, gid, rotate=bool(group.members - members))
+            gid, group = self._group(s, ref)
+            if not group.is_member:
+                raise ClientError(f"you are no longer a member of {self._group_name(s, gid)!r}")
+            await self._catch_up(s, gid)
+            await self._show_events(s, now_ms(), receiving=False)
+            log = group.log
+            assert log is not None
+            if s.device.account_id not in log.state.members:
+                raise ClientError(f"you are no longer a member of {self._group_name(s, gid)!r}")
+            await self._check_server_view(s, gid)
+            await self._hold_if_stale(s, gid)
+            await self._announce(s, gid)
             client_id = str(uuid.uuid4())
-            msg = group.encrypt(self._content(s, text, id=client_id))
+            content = self._content(s, text, id=client_id, group={"id": gid, "head": grp.head(log)})
+            msg = group.encrypt(content)
             await s.api.call(
                 "PUT",
                 f"/v1/groups/{gid}/messages",
@@ -663,7 +1032,7 @@ class App:
                 sender_name=s.state.get("name", ""),
                 text=text,
                 attachments=[],
-                sent_at=now_ms(),
+                sent_at=content.sent_at_ms,
                 outgoing=True,
             )
             return client_id
@@ -671,23 +1040,42 @@ class App:
         return str(await self.run(act))
 
     async def group_list(self) -> list[dict[str, Any]]:
+        """Your groups as their signed state says; accounts the server routes a group to
+        that no admin added are listed apart (``unconfirmed``) and alarmed."""
+
         async def act(s: Session) -> list[dict[str, Any]]:
-            mine = await s.api.call("GET", "/v1/groups")
+            served = {
+                g["group_id"]: list(g["members"])
+                for g in (await s.api.call("GET", "/v1/groups"))["groups"]
+            }
             out = []
-            for g in mine["groups"]:
-                info = s.state["groups"].get(g["group_id"], {})
-                phones = [
-                    s.state["contacts"].get(m, {}).get("phone")
-                    or (s.phone if m == s.device.account_id else m)
-                    for m in g["members"]
-                ]
+            for gid, group in sorted(s.device.groups.items()):
+                if group.log is None or not group.is_member:
+                    continue
+                await self._catch_up(s, gid)
+                log = group.log
+                if s.device.account_id not in log.state.members:
+                    continue
+                unconfirmed = await self._check_server_view(s, gid, served.get(gid, []))
                 out.append(
                     {
-                        "id": g["group_id"],
-                        "name": info.get("name", g["group_id"]),
-                        "members": phones,
+                        "id": gid,
+                        "name": log.state.name or gid,
+                        "members": [
+                            await self._member_phone(s, gid, m) for m in sorted(log.state.members)
+                        ],
+                        "admins": [await self._member_phone(s, gid, m) for m in log.state.admins],
+                        "unconfirmed": unconfirmed,
+                        "version": log.version,
                     }
                 )
+            await self._show_events(s, now_ms(), receiving=False)
+            for gid in sorted(set(served) - {g["id"] for g in out}):
+                if grp.log_of(s.device, gid) is None:
+                    self.notify(
+                        f"the server lists you in group {gid}, but no admin's signed state for "
+                        "it has reached this device: it is not shown"
+                    )
             return out
 
         return list(await self.run(act))
@@ -838,24 +1226,48 @@ class App:
     async def _group_control(
         self, s: Session, received: Received, control: dict[str, Any]
     ) -> tuple[str | None, str]:
-        """Apply a group's name from a member; ``("removed", gid)`` when a member says it
-        removed us and the server agrees, ``("ignored", gid)`` when the server does not."""
-        info = control.get("group")
-        if not (isinstance(info, dict) and isinstance(info.get("id"), str)):
+        """Group changes and sender keys in a 1:1 control were verified and applied as
+        the message opened (client/groups.py). Here: a group message's named state is
+        compared with ours; what a member named but this device lacks is fetched from
+        the server's sealed copy; members who asked get our key and state; a history
+        too long for one message is read from that copy; and every change applied is
+        recorded and shown. Returns ``(None, gid)``: changes are lines of their own."""
+        info = control.get(grp.CONTROL)
+        info = info if isinstance(info, dict) else {}
+        gid = received.group or info.get("id")
+        if not (isinstance(gid, str) and grp.GROUP_ID.fullmatch(gid)):
             return None, ""
-        gid = info["id"]
-        entry = s.state["groups"].setdefault(gid, {"name": gid, "members": {}})
-        if isinstance(info.get("name"), str) and info["name"]:
-            entry["name"] = info["name"][:MAX_NAME]
-        if control.get("removed") is not True or received.sender == s.device.account_id:
+        if grp.log_of(s.device, gid) is None and "key" in info and not received.group:
+            try:
+                master = base64.b64decode(str(info["key"]), validate=True)
+                await self._bootstrap(s, gid, master, received.sender)
+            except (RemoteProtocolError, ServerError, ValueError) as exc:
+                self._refuse(s, received.sender, f"its group history does not verify ({exc})")
+        group = s.device.groups.get(gid)
+        if group is None or group.log is None:
             return None, gid
-        try:
-            await s.api.call("GET", f"/v1/groups/{gid}")
-        except ServerError as exc:
-            if exc.code == "not_found":
-                entry["left"] = True
-                return "removed", gid
-        return "ignored", gid
+        log = group.log
+        named = grp.parse_head(info.get("head")) if received.group else None
+        if named is not None and info.get("id") == gid:
+            log.note_head(named[0], named[1], received.sender)
+        if log.pending is not None:
+            await self._catch_up(s, gid)
+        if group.requests:
+            await self._answer_requests(s, gid)
+        await self._show_events(s, received.content.sent_at_ms, receiving=True)
+        self._sync_group_record(s, gid)
+        name = self._group_name(s, gid)
+        if log.pending is not None and log.pending.by == received.sender:
+            self.notify(
+                f"{name!r} has changed (version {log.pending.version}), but the change has not "
+                f"reached this device (version {log.version}); your messages to it are held "
+                "until it does"
+            )
+        if log.forked is not None and log.forked.by == received.sender:
+            self.notify(
+                f"ALARM: you were shown a different history of {name!r} than another member"
+            )
+        return None, gid
 
     async def receive(
         self,
@@ -927,8 +1339,9 @@ class App:
                     self._save(s)
                     await s.api.close()
             await ApiClient.ack(ws, [frame["id"]])
-            if entry is not None:
-                on_message(entry)
+            shown, self._group_lines = self._group_lines, []
+            for line in [*shown, *([entry] if entry is not None else [])]:
+                on_message(line)
 
     def _connection_lost(self, exc: websockets.ConnectionClosed, follow: bool) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
@@ -1470,50 +1883,47 @@ async def _start_monitoring(
 
 
 async def verified_policy(api: ApiClient) -> dict[str, Any]:
-    """Fetch the policy and check it is the latest version the signed log commits to."""
-    from parley.client.audit import fetch_entries
+    """Fetch the policy and check it is the latest version the signed log commits to:
+    under a head signed by the pinned log key and consistent with the heads seen
+    before, its entry and every entry after it proved complete (``verify_tail``), so
+    a newer version cannot be left out."""
     from parley.translog import merkle
-    from parley.translog.heads import TreeHead
 
     policy = await api.call("GET", "/v1/policy")
-    head_raw = await api.call("GET", "/v1/transparency/head")
-    head = TreeHead(
-        int(head_raw["size"]),
-        base64.b64decode(head_raw["root"]),
-        int(head_raw["timestamp_ms"]),
-        base64.b64decode(head_raw["signature"]),
-    )
+    head = await verified_head(api)
     try:
-        head.verify(base64.b64decode(head_raw["public_key"]))
         index = int(policy["log_index"])
-        entry = (await api.call("GET", f"/v1/transparency/entries?start={index}&end={index + 1}"))[
-            "entries"
-        ][0]
-        leaf = base64.b64decode(entry["leaf"])
+        tail: list[bytes] = []
+        while index + len(tail) < head.size:
+            start = index + len(tail)
+            page = await api.call(
+                "GET",
+                f"/v1/transparency/entries?start={start}&end={min(head.size, start + 1000)}",
+            )
+            if not page["entries"]:
+                break
+            tail += [base64.b64decode(e["leaf"]) for e in page["entries"]]
         proof = await api.call("GET", f"/v1/transparency/inclusion?index={index}&size={head.size}")
-        merkle.verify_inclusion(
-            merkle.leaf_hash(leaf),
+        merkle.verify_tail(
             index,
             head.size,
             [base64.b64decode(p) for p in proof["proof"]],
+            [merkle.leaf_hash(t) for t in tail],
             head.root,
         )
-    except (ParleyError, KeyError, IndexError, ValueError) as exc:
+        bodies = [json.loads(t) for t in tail]
+    except (ParleyError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ClientError(
             "the privacy policy could not be verified against the transparency log"
         ) from exc
-    body = json.loads(leaf)
+    body = bodies[0]
     if (
-        body.get("kind") != "privacy_policy"
+        not isinstance(body, dict)
+        or body.get("kind") != "privacy_policy"
         or body.get("sha256") != hashlib.sha256(policy["text"].encode()).hexdigest()
     ):
         raise ClientError("the served privacy policy does not match the transparency log")
-    later = [
-        e
-        for e in await fetch_entries(api, head.size)
-        if e["kind"] == "privacy_policy" and e["index"] > index
-    ]
-    if later:
+    if any(isinstance(b, dict) and b.get("kind") == "privacy_policy" for b in bodies[1:]):
         raise ClientError("the server serves an old privacy policy: a newer version is in the log")
     return {
         "version": int(policy["version"]),

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from parley.client import groups
 from parley.crypto.primitives import DHKeyPair, KemKeyPair
 from parley.crypto.random import Random
 from parley.errors import DecryptionError, DuplicateMessage, MalformedMessage
@@ -299,18 +300,17 @@ class DeviceState:
         return json.dumps({CONTROL_SENDER_KEY: base64.b64encode(skd.to_bytes()).decode()}).encode()
 
     def _handle_control(self, sender: str, content: Content) -> None:
-        """Apply a sender-key distribution carried in a 1:1 message's control field."""
+        """Apply the group changes and sender key a 1:1 message's control carries: only
+        from the group's signed member list, never from whoever sends one
+        (``client.groups.handle_control``)."""
         if not content.control:
             return
         try:
             control = json.loads(content.control)
         except ValueError:
             return
-        if isinstance(control, dict) and isinstance(control.get(CONTROL_SENDER_KEY), str):
-            skd = SenderKeyDistribution.from_bytes(base64.b64decode(control[CONTROL_SENDER_KEY]))
-            group = self.group(skd.group_id.hex())
-            group.members.add(sender)
-            group.process_distribution(sender, skd)
+        if isinstance(control, dict):
+            groups.handle_control(self, sender, control)
 
     # -- persistence (the profile store encrypts the whole state) ------------------------------
 

@@ -18,11 +18,13 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
+from parley.client import groups
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
 from parley.client.kt import KeyTransparencyError, check_served_keys, publish_device_list
 from parley.crypto.random import Random
-from parley.errors import RemoteProtocolError, ServerError
+from parley.errors import InvalidGroupChange, RemoteProtocolError, ServerError
+from parley.protocol import group_state as gs
 from parley.protocol.keys import IdentityKeyPair
 from parley.protocol.wire import AttachmentPointer, Content
 
@@ -142,28 +144,92 @@ class Messenger:
         return await self.send_content(account_id, self.content(text), client_id)
 
     # -- groups ---------------------------------------------------------------------------------------
+    # The library's groups work as the app's (client/groups.py): the state is a chain of
+    # changes signed by an admin, stored sealed on the server and sent to members over
+    # the 1:1 sessions; sender keys go to the signed roster only; and a send after any
+    # removal, ours or another admin's, first rotates our key and sends the new one to
+    # those who remain. (No names, no catching up from the server's copy: ``App`` does.)
+
+    async def _add(self, account_id: str) -> gs.Add:
+        info: dict[str, Any] = await self.api.call("GET", f"/v1/accounts/{account_id}")
+        return gs.Add(account_id, base64.b64decode(info["identity_key"]))
+
+    async def _store_change(self, gid: str, change: gs.GroupChange, master: bytes) -> None:
+        sealed = gs.seal(master, change, self.state.rng)
+        await self.api.call(
+            "PUT", f"/v1/groups/{gid}/changes/{change.version}", {"change": b64e(sealed)}
+        )
+
+    async def _send_group_control(self, account_id: str, **control: Any) -> None:
+        await self.send_content(account_id, self.content("", control=json.dumps(control).encode()))
 
     async def create_group(self, member_ids: list[str]) -> str:
         info: dict[str, Any] = await self.api.call("POST", "/v1/groups", {"members": member_ids})
         gid = str(info["group_id"])
-        group = self.state.group(gid)
-        group.add_members([m for m in info["members"] if m != self.account_id])
+        others = [m for m in dict.fromkeys(member_ids) if m != self.account_id]
+        adds = [await self._add(m) for m in others]
+        master, genesis = groups.create(self.state, gid, "", "", adds)
+        await self._store_change(gid, genesis, master)
+        groups.commit(self.state, gid, genesis, master)
+        history = groups.info(self.state, gid, changes=[genesis], key=True)
+        for member in others:
+            await self._send_group_control(member, group=history)
         await self.distribute_sender_key(gid)
         return gid
 
-    async def distribute_sender_key(self, gid: str) -> None:
-        group = self.state.group(gid)
-        control = DeviceState.sender_key_control(group.outbound.distribution())
-        for member in sorted(group.members):
-            await self.send_content(member, self.content("", control=control))
+    async def add_member(self, gid: str, account_id: str) -> None:
+        await self.api.call("POST", f"/v1/groups/{gid}/members", {"account_id": account_id})
+        await self._change(gid, [await self._add(account_id)])
 
     async def remove_member(self, gid: str, account_id: str) -> None:
+        """Remove a member (the library does not tell it; the app does)."""
+        await self._change(gid, [gs.Remove(account_id)], tell=False)
         await self.api.call("DELETE", f"/v1/groups/{gid}/members/{account_id}")
-        self.state.group(gid).remove_member(account_id, self.state.rng)
         await self.distribute_sender_key(gid)
 
+    async def _change(self, gid: str, actions: list[gs.Action], tell: bool = True) -> None:
+        log = groups.log_of(self.state, gid)
+        if log is None:
+            raise InvalidGroupChange("no signed state for this group")
+        change = groups.propose(self.state, gid, actions)
+        await self._store_change(gid, change, log.master_key)
+        before = set(log.state.members)
+        groups.commit(self.state, gid, change)
+        after = set(log.state.members)
+        for member in sorted(after - before):
+            history = groups.info(self.state, gid, changes=log.changes, key=True)
+            await self._send_group_control(member, group=history)
+        others = (before & after) if not tell else (before | after) - (after - before)
+        for member in sorted(others - {self.account_id}):
+            await self._send_group_control(
+                member, group=groups.info(self.state, gid, changes=[change])
+            )
+
+    async def distribute_sender_key(self, gid: str) -> None:
+        """Our current key to every member of the signed roster who lacks it."""
+        group = self.state.group(gid)
+        for member in groups.needs_key(group):
+            if member != self.account_id:
+                await self._send_group_control(
+                    member,
+                    group=groups.info(self.state, gid),
+                    sender_key=groups.sender_key(self.state, gid),
+                )
+            group.sent_to.add(member)
+
     async def send_group(self, gid: str, text: str, client_id: str | None = None) -> dict[str, Any]:
-        msg = self.state.group(gid).encrypt(self.content(text))
+        """Encrypt once for the group under our sender key, rotated and re-sent first if
+        the roster changed (someone removed or added, by us or another admin). Refused
+        while a member has named a newer state this device does not have."""
+        group = self.state.group(gid)
+        log = group.log
+        if log is None or not group.is_member:
+            raise InvalidGroupChange("not a member of this group's signed state")
+        if log.pending is not None or log.forked is not None:
+            raise InvalidGroupChange("the group has changed and this device lacks the change")
+        await self.distribute_sender_key(gid)
+        control = {groups.CONTROL: {"id": gid, "head": groups.head(log)}}
+        msg = group.encrypt(self.content(text, control=json.dumps(control).encode()))
         result: dict[str, Any] = await self.api.call(
             "PUT",
             f"/v1/groups/{gid}/messages",

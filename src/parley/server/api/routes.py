@@ -7,12 +7,12 @@ signatures at run time, including the local ``Auth`` dependency alias.
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.requests import HTTPConnection
 
 from parley.errors import BadRequest
 from parley.server.api import schemas as s
-from parley.server.api.edge import DeviceIdPath, StrictRoute
+from parley.server.api.edge import MAX_INT32, DeviceIdPath, StrictRoute
 from parley.server.api.schemas import b64, enc
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.attachments import AttachmentsHandler
@@ -295,6 +295,30 @@ def build_router(h: Handlers) -> APIRouter:  # noqa: PLR0915 - one route table, 
     async def remove_member(group_id: str, account_id: str, who: Auth) -> Response:
         await h.groups.remove(who, group_id, account_id)
         return Response(status_code=204)
+
+    @router.put("/groups/{group_id}/changes/{version}", tags=["groups"])
+    async def put_group_change(
+        group_id: str,
+        version: Annotated[int, Path(ge=0, le=MAX_INT32)],
+        body: s.GroupChangeIn,
+        who: Auth,
+    ) -> s.GroupChangeOut:
+        sealed = b64(body.change, "change", max_length=300_000)
+        await h.groups.append_change(who, group_id, version, sealed)
+        return s.GroupChangeOut(version=version)
+
+    @router.get("/groups/{group_id}/changes", tags=["groups"])
+    async def group_changes(
+        group_id: str,
+        who: Auth,
+        since: Annotated[int, Query(ge=0, le=MAX_INT32)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    ) -> s.GroupChangesOut:
+        page, next_version = await h.groups.changes(who, group_id, since, limit)
+        return s.GroupChangesOut(
+            changes=[s.SealedChangeOut(version=v, change=enc(blob)) for v, blob in page],
+            next_version=next_version,
+        )
 
     @router.put("/groups/{group_id}/messages", tags=["groups"])
     async def send_group(group_id: str, body: s.SendGroupIn, who: Auth) -> s.SentOut:

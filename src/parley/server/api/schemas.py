@@ -213,6 +213,24 @@ class GroupsOut(BaseModel):
     groups: list[GroupOut]
 
 
+class GroupChangeIn(Body):
+    change: str = Field(min_length=1, max_length=400_000)
+
+
+class GroupChangeOut(BaseModel):
+    version: int
+
+
+class SealedChangeOut(BaseModel):
+    version: int
+    change: str
+
+
+class GroupChangesOut(BaseModel):
+    changes: list[SealedChangeOut]
+    next_version: int
+
+
 class AttachmentOut(BaseModel):
     id: str
     expires_ms: int

@@ -2,7 +2,10 @@
 
 The server keeps membership only (no name, no avatar: those travel encrypted
 in the members' own messages) to fan out one ciphertext and refuse
-non-members.
+non-members. What members believe is the group's signed state, which the
+server only stores: each change sealed under a key it never sees, kept in
+version order (a change for any version but the next is refused with 409, as
+Signal's storage service does), and served to members catching up.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from parley.errors import BadRequest, Conflict, Forbidden, NotFound
+from parley.errors import BadRequest, Conflict, Forbidden, NotFound, VersionConflict
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.ratelimit import RateLimiter
 from parley.server.storage.groups import GroupStore
 
 MAX_MEMBERS = 1000
+MAX_SEALED_CHANGE = 300_000  # group_state.MAX_CHANGE sealed (nonce and tag)
+MAX_CHANGES_PAGE = 100
 
 
 class GroupsHandler:
@@ -68,6 +73,26 @@ class GroupsHandler:
         if account_id not in members:
             raise NotFound("not a member")
         await self._groups.remove(group_id, account_id, self._now())
+
+    async def append_change(
+        self, who: Principal, group_id: str, version: int, sealed: bytes
+    ) -> None:
+        """Keep a member's sealed change as the group's next (a member only)."""
+        await self.members(who, group_id)
+        if not sealed or len(sealed) > MAX_SEALED_CHANGE:
+            raise BadRequest(f"a group change is 1 to {MAX_SEALED_CHANGE} bytes")
+        self._limiter.check("group-change", who.account_id, 120, 1)
+        expected = await self._groups.append_change(group_id, version, sealed, self._now())
+        if expected is not None:
+            raise VersionConflict(expected)
+
+    async def changes(
+        self, who: Principal, group_id: str, since: int, limit: int
+    ) -> tuple[list[tuple[int, bytes]], int]:
+        """A page of sealed changes from ``since``, and the next version (members only)."""
+        await self.members(who, group_id)
+        page = await self._groups.changes(group_id, since, min(limit, MAX_CHANGES_PAGE))
+        return page, await self._groups.next_version(group_id)
 
     async def mine(self, who: Principal) -> list[tuple[str, dict[str, bool]]]:
         return [

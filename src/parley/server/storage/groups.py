@@ -7,10 +7,11 @@ ask whether the reporter was a member when a message was delivered.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.server.storage.tables import group_departures, group_members, groups
+from parley.server.storage.tables import group_changes, group_departures, group_members, groups
 
 
 class GroupStore:
@@ -84,6 +85,9 @@ class GroupStore:
             ).first()
             if left is None:
                 await conn.execute(delete(groups).where(groups.c.id == group_id))
+                await conn.execute(
+                    delete(group_changes).where(group_changes.c.group_id == group_id)
+                )
 
     async def spans(self, group_id: str, account_id: str) -> list[tuple[int, int | None]]:
         """Every kept membership of ``account_id`` in the group as (joined_ms, left_ms),
@@ -112,6 +116,53 @@ class GroupStore:
                 delete(group_departures).where(group_departures.c.left_ms < before_ms)
             )
         return int(result.rowcount or 0)
+
+    async def append_change(
+        self, group_id: str, version: int, blob: bytes, now_ms: int
+    ) -> int | None:
+        """Store a sealed change if ``version`` is the next one; else the next version."""
+        try:
+            async with self._engine.begin() as conn:
+                current = (
+                    await conn.execute(
+                        select(func.max(group_changes.c.version)).where(
+                            group_changes.c.group_id == group_id
+                        )
+                    )
+                ).scalar_one()
+                expected = 0 if current is None else int(current) + 1
+                if version != expected:
+                    return expected
+                await conn.execute(
+                    insert(group_changes).values(
+                        group_id=group_id, version=version, blob=blob, created_ms=now_ms
+                    )
+                )
+        except IntegrityError:  # another change took this version first
+            return await self.next_version(group_id)
+        return None
+
+    async def next_version(self, group_id: str) -> int:
+        async with self._engine.connect() as conn:
+            current = (
+                await conn.execute(
+                    select(func.max(group_changes.c.version)).where(
+                        group_changes.c.group_id == group_id
+                    )
+                )
+            ).scalar_one()
+        return 0 if current is None else int(current) + 1
+
+    async def changes(self, group_id: str, since: int, limit: int) -> list[tuple[int, bytes]]:
+        """Sealed changes from version ``since`` on, in order."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(group_changes.c.version, group_changes.c.blob)
+                .where(group_changes.c.group_id == group_id, group_changes.c.version >= since)
+                .order_by(group_changes.c.version)
+                .limit(limit)
+            )
+            return [(int(r.version), bytes(r.blob)) for r in rows]
 
     async def groups_of(self, account_id: str) -> list[str]:
         async with self._engine.connect() as conn:

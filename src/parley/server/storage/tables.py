@@ -144,6 +144,18 @@ group_departures = Table(
     Index("ix_group_departures_left", "left_ms"),
 )
 
+# A group's signed changes, sealed under the members' master key (migration 0007):
+# opaque to the server, which keeps them in version order for new devices and
+# members catching up, and can neither make nor reorder one.
+group_changes = Table(
+    "group_changes",
+    metadata,
+    Column("group_id", String(32), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("blob", LargeBinary, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
 attachments = Table(
     "attachments",
     metadata,
