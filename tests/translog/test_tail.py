@@ -38,3 +38,21 @@ def test_a_tail_missing_hiding_or_changing_an_entry_is_refused(size: int, first:
         merkle.verify_tail(first, size, merkle.inclusion_proof(leaves, size - 1), tail, root)
     with pytest.raises(merkle.ProofError):
         merkle.verify_tail(first, size, proof, tail, merkle.leaf_hash(b"another root"))
+
+
+def test_the_cached_log_answers_as_the_definitions() -> None:
+    """``MerkleLog`` (subtree roots memoized) gives the RFC 6962 roots and proofs."""
+    log = merkle.MerkleLog()
+    log.CACHED = 4  # small, so cached subtrees are exercised
+    leaves: list[bytes] = []
+    for size in range(1, 140):
+        leaf = merkle.leaf_hash(size.to_bytes(4, "big"))
+        leaves.append(leaf)
+        log.extend([leaf])
+        assert log.root(size) == merkle.root(leaves)
+        for i in range(0, size, max(1, size // 9)):
+            assert log.inclusion_proof(i, size) == merkle.inclusion_proof(leaves, i)
+            assert log.consistency_proof(i + 1, size) == merkle.consistency_proof(leaves, i + 1)
+    assert log.root(0) == merkle.root([])
+    with pytest.raises(ValueError):
+        log.consistency_proof(0, 5)

@@ -195,3 +195,76 @@ def verify_tail(
 
     if mth(0, size) != expected_root:
         raise ProofError("the tail does not add up to the root")
+
+
+class MerkleLog:
+    """An append-only list of leaf hashes that answers roots and proofs of any prefix
+    (the definitions of RFC 6962 §2.1) in O(log n) hashes once warm: the root of every
+    complete subtree of at least ``CACHED`` leaves is kept, since an append-only log
+    never changes one. A server asked for a head, an inclusion and a consistency proof
+    on every key lookup would otherwise rehash the whole log each time."""
+
+    CACHED = 64
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self._subtrees: dict[tuple[int, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    def extend(self, leaves: Sequence[bytes]) -> None:
+        self.leaves.extend(leaves)
+
+    def _root(self, lo: int, hi: int) -> bytes:
+        n = hi - lo
+        if n == 1:
+            return self.leaves[lo]
+        complete = n & (n - 1) == 0 and n >= self.CACHED
+        if complete and (lo, hi) in self._subtrees:
+            return self._subtrees[(lo, hi)]
+        k = _split(n)
+        h = node_hash(self._root(lo, lo + k), self._root(lo + k, hi))
+        if complete:
+            self._subtrees[(lo, hi)] = h
+        return h
+
+    def root(self, size: int) -> bytes:
+        """MTH of the first ``size`` leaves."""
+        if not 0 <= size <= len(self.leaves):
+            raise ValueError("size out of range")
+        return sha256(b"") if size == 0 else self._root(0, size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[size])."""
+        if not 0 <= index < size <= len(self.leaves):
+            raise ValueError("leaf index out of range")
+        path: list[bytes] = []
+        lo, hi = 0, size
+        while hi - lo > 1:
+            k = _split(hi - lo)
+            if index < lo + k:
+                path.append(self._root(lo + k, hi))
+                hi = lo + k
+            else:
+                path.append(self._root(lo, lo + k))
+                lo += k
+        return path[::-1]
+
+    def consistency_proof(self, first: int, size: int) -> list[bytes]:
+        """PROOF(first, D[size])."""
+        if not 0 < first <= size <= len(self.leaves):
+            raise ValueError("size out of range")
+        proof: list[bytes] = []
+        lo, hi, m, complete = 0, size, first, True
+        while m != hi - lo:
+            k = _split(hi - lo)
+            if m <= k:
+                proof.append(self._root(lo + k, hi))
+                hi = lo + k
+            else:
+                proof.append(self._root(lo, lo + k))
+                lo, m, complete = lo + k, m - k, False
+        if not complete:
+            proof.append(self._root(lo, hi))
+        return proof[::-1]

@@ -30,14 +30,14 @@ class TransparencyHandler:
         self._store = store
         self.key = key
         self._now = clock_ms
-        self._leaves: list[bytes] = []
+        self._log = merkle.MerkleLog()
 
-    async def _sync(self) -> list[bytes]:
+    async def _sync(self) -> merkle.MerkleLog:
         """Leaves in memory, topped up from the database (another process may append)."""
         size = await self._store.size()
-        if size > len(self._leaves):
-            self._leaves += await self._store.leaf_hashes(len(self._leaves))
-        return self._leaves
+        if size > len(self._log):
+            self._log.extend(await self._store.leaf_hashes(len(self._log)))
+        return self._log
 
     async def append(self, kind: str, fields: dict[str, Any]) -> int:
         body = canonical({"kind": kind, **fields})
@@ -46,20 +46,20 @@ class TransparencyHandler:
         return index
 
     async def head(self) -> TreeHead:
-        leaves = await self._sync()
-        return sign_head(self.key, len(leaves), merkle.root(leaves), self._now())
+        log = await self._sync()
+        return sign_head(self.key, len(log), log.root(len(log)), self._now())
 
     async def inclusion(self, index: int, size: int) -> list[bytes]:
-        leaves = await self._sync()
-        if not 0 <= index < size <= len(leaves):
+        log = await self._sync()
+        if not 0 <= index < size <= len(log):
             raise BadRequest("need 0 <= index < size <= the log's size", "invalid_request")
-        return merkle.inclusion_proof(leaves[:size], index)
+        return log.inclusion_proof(index, size)
 
     async def consistency(self, first: int, second: int) -> list[bytes]:
-        leaves = await self._sync()
-        if not 0 < first <= second <= len(leaves):
+        log = await self._sync()
+        if not 0 < first <= second <= len(log):
             raise BadRequest("need 0 < first <= second <= the log's size", "invalid_request")
-        return merkle.consistency_proof(leaves[:second], first)
+        return log.consistency_proof(first, second)
 
     async def entries(self, start: int, end: int) -> list[dict[str, Any]]:
         if start < 0 or end < start or end - start > 1000:
