@@ -974,6 +974,7 @@ class App:
             name = self._group_name(s, gid)
             if not log.state.is_admin(s.device.account_id):
                 raise ClientError(f"only an admin of {name!r} can add or remove members")
+            await self._hold_if_stale(s, gid)  # a change must follow the latest state
             contact = await self._contact(s, phone)
             account = str(contact["account_id"])
             action: gs.Action
