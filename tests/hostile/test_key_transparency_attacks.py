@@ -182,6 +182,71 @@ async def test_c_a_ghost_device_alarms_its_owner_and_contacts_do_not_encrypt_to_
     assert bob_phone
 
 
+def signed_list(server: HostileServer, account_id: str) -> DeviceList | None:
+    raw = published(server, account_id).get("device_list")
+    return DeviceList.from_bytes(base64.b64decode(raw)) if raw else None
+
+
+def wait_for_list(server: HostileServer, account_id: str, devices: tuple[int, ...]) -> DeviceList:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        found = signed_list(server, account_id)
+        if found is not None and found.devices == devices:
+            time.sleep(0.3)
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"the signed list {devices} was never published")
+
+
+async def test_c_an_unlinked_device_slipped_back_with_its_old_signed_list_is_caught(
+    server: HostileServer, tmp_path: Path
+) -> None:
+    alice_phone = user(server, tmp_path, "alice")
+    user(server, tmp_path, "bob")
+    alice = account(tmp_path, "alice")
+    link_code = parley(tmp_path, "alice", "devices", "link").stdout.strip().splitlines()[-1]
+    linked = parley(tmp_path, "alice-laptop", "link", link_code, "--server", server.url)
+    assert linked.returncode == 0, linked.stderr
+    old = wait_for_list(server, alice, (1, 2))  # the laptop signed itself in
+    assert parley(tmp_path, "bob", "send", alice_phone, "to both").returncode == 0
+    assert parley(tmp_path, "alice", "keys", "check").returncode == 0
+    assert parley(tmp_path, "alice", "devices", "unlink", "2").returncode == 0
+    newer = wait_for_list(server, alice, (1,))
+    assert newer.counter > old.counter
+    assert parley(tmp_path, "bob", "send", alice_phone, "to one").returncode == 0
+    version = published(server, alice)["version"]
+    # The server brings device 2 back (say, a stolen laptop) with the list that once
+    # named it, signed by Alice herself: every signature checks out.
+    server.sql(
+        "INSERT INTO devices (account_id, device_id, credential_hash, created_ms)"
+        " VALUES (?, 2, ?, 0)",
+        (alice, b"\x00" * 32),
+    )
+    for table, columns in (
+        ("signed_prekeys", "key_id, public_key, signature"),
+        ("kem_prekeys", "key_id, public_key, signature, last_resort"),
+    ):
+        server.sql(
+            f"INSERT INTO {table} (account_id, device_id, {columns}) SELECT account_id, 2,"
+            f" {columns} FROM {table} WHERE account_id = ? AND device_id = 1",
+            (alice,),
+        )
+    server.sql(
+        "UPDATE kt_device_lists SET counter = ?, device_list = ? WHERE account_id = ?",
+        (old.counter, old.to_bytes(), alice),
+    )
+    server.process.stop()
+    server.process.start()
+    wait_for(server, alice, version + 1)
+    refused(
+        parley(tmp_path, "bob", "send", alice_phone, "to the old laptop?"),
+        "older device list",
+    )
+    code, result = check(tmp_path, "alice")
+    assert code == 1
+    assert any("an older device list of yours was published again" in a for a in result["alarms"])
+
+
 # -- (d) -----------------------------------------------------------------------------------------
 
 

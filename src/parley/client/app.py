@@ -1533,7 +1533,7 @@ class App:
         known = set(kt.get("devices", [s.device.device_id]))
         acknowledged = set(kt.get("acknowledged", []))
         current = set(published["devices"])
-        counter = 0
+        vouched = _vouched(kt, versions, mine, me)
         for v in versions:
             where = f"directory version {v['version']}, epoch {v['epoch']}"
             if v["identity_key"] != mine:
@@ -1544,6 +1544,10 @@ class App:
                     + ")",
                 )
             new = sorted(set(v["devices"]) - known - acknowledged)
+            linked = set(new) & vouched  # each used up a link code, if one was pending
+            kt["expected_links"] = max(0, kt.get("expected_links", 0) - len(linked))
+            known |= linked
+            new = [d for d in new if d not in vouched]
             if new and len(new) <= kt.get("expected_links", 0):
                 kt["expected_links"] -= len(new)  # devices this user linked
                 known |= set(new)
@@ -1555,11 +1559,6 @@ class App:
                     + ("" if d in current else "; removed again since")
                     + ")",
                 )
-            if directory.signed_devices(v["device_list"], mine, me) is not None:
-                signed = directory.DeviceList.from_bytes(v["device_list"])
-                if signed.counter < counter:
-                    alarm(kt, f"an older device list of yours was published again ({where})")
-                counter = max(counter, signed.counter)
         if published["identity_key"] != mine:
             alarm(kt, FOREIGN_IDENTITY)
         kt["devices"] = sorted(known & current)
@@ -1851,6 +1850,30 @@ class App:
             finally:
                 await s.api.close()
             self.profile.wipe()
+
+
+def _vouched(kt: dict[str, Any], versions: list[dict[str, Any]], mine: bytes, me: str) -> set[int]:
+    """Devices one of this account's devices signed into a device list since the last
+    check: each was linked by a holder of the identity key (the server cannot sign).
+    Only lists newer than every list seen before count; an older one published again
+    (a replay that could bring back a device since unlinked) is an alarm."""
+    vouched: set[int] = set()
+    newest = int(kt.get("list_seen", 0))
+    for v in versions:
+        if directory.signed_devices(v["device_list"], mine, me) is None:
+            continue
+        signed = directory.DeviceList.from_bytes(v["device_list"])
+        if signed.counter < newest:
+            alarm(
+                kt,
+                "an older device list of yours was published again "
+                f"(directory version {v['version']}, epoch {v['epoch']})",
+            )
+            continue
+        newest = signed.counter
+        vouched |= set(signed.devices)
+    kt["list_seen"] = newest
+    return vouched
 
 
 async def _start_monitoring(

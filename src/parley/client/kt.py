@@ -234,9 +234,22 @@ async def verify_entry(
         )
     if version < 1 or not 0 < version_epoch <= epoch:
         _refuse(view, f"the key directory's entry for {who} names an impossible version")
+    signed = directory.signed_devices(device_list, identity, account_id)
+    counter = DeviceList.from_bytes(device_list).counter if signed is not None else 0
     seen = view.setdefault("seen", {})
     before = seen.get(account_id)
     if before is not None:
+        if (
+            signed is not None
+            and len(before) > 2
+            and counter < int(before[2])
+            and identity == _b(before[3])
+        ):
+            _refuse(
+                view,
+                f"the key directory shows an older device list of {who} than it showed "
+                "you before: a device since unlinked could be slipped back in",
+            )
         if version < int(before[0]):
             _refuse(
                 view,
@@ -249,11 +262,13 @@ async def verify_entry(
                 f"the key directory showed two different entries for version {version} of "
                 f"{who}'s keys",
             )
-    seen[account_id] = [version, b64e(value)]
+    if before is not None and len(before) > 2 and identity == _b(before[3]):
+        counter = max(counter, int(before[2]))  # a list dropped for a while resets nothing
+    seen[account_id] = [version, b64e(value), counter, b64e(identity)]
     return {
         "identity_key": identity,
         "devices": devices,
-        "signed_devices": directory.signed_devices(device_list, identity, account_id),
+        "signed_devices": signed,
         "device_list": device_list,
         "version": version,
         "version_epoch": version_epoch,
