@@ -332,8 +332,9 @@ async def test_e_a_split_view_two_heads_of_one_size_is_caught(
     # it consistent with his own, and it cannot.
     got = parley(tmp_path, "bob", "receive", "--json", "--timeout", "5")
     shown = [json.loads(x) for x in got.stdout.splitlines() if x.strip()]
-    assert [m.get("text") for m in shown] == ["hello bob"]
+    assert [m.get("text") for m in shown if m.get("event") != "alarm"] == ["hello bob"]
     assert f"ALARM: FORK: a message from {alice_phone}" in got.stderr
+    assert any(m.get("alarm", "").startswith("FORK") for m in shown if m.get("event") == "alarm")
     code, result = check(tmp_path, "bob")
     assert code == 1 and any(a.startswith("FORK: a message from") for a in result["alarms"])
     # And Alice's own client refuses the other log the moment it is shown it.

@@ -576,6 +576,7 @@ async def _receive(app: App, args: argparse.Namespace) -> None:
         app.on_refusal = lambda who, why: _print_json(
             {"event": "refused", "sender": who, "reason": why}
         )
+        app.on_alarm = lambda alarm: _print_json({"event": "alarm", "alarm": alarm})
 
     def show(entry: dict[str, Any]) -> None:
         if entry.get("group") and entry["group"] not in groups:

@@ -169,6 +169,9 @@ class App:
         self.notify = notify or (lambda _line: None)
         # Told of every refused message (sender, reason): `receive --json` prints it.
         self.on_refusal: Callable[[str, str], None] = lambda _who, _why: None
+        # Told of every key-transparency alarm raised while a command works (a fork
+        # found through a message's head): `receive --json` prints it as an event.
+        self.on_alarm: Callable[[str], None] = lambda _alarm: None
         # Group changes applied while a message was handled, shown before it (receive).
         self._group_lines: list[dict[str, Any]] = []
 
@@ -1575,6 +1578,7 @@ class App:
         forked = await check_gossip(s.api, claim, sender)
         if forked:
             self.notify(f"ALARM: {forked}")
+            self.on_alarm(forked)
 
     async def _keep_device_list_signed(self, s: Session, published: dict[str, Any]) -> None:
         """The signed device list should be exactly the devices this owner knows are its
