@@ -138,10 +138,11 @@ async def accept_head(
                 raw = await api.call(
                     "GET", f"/v1/transparency/consistency?first={size}&second={head.size}"
                 )
-                consistency = [_b(p) for p in raw["proof"]]
             try:
+                if consistency is None:
+                    consistency = [_b(p) for p in raw["proof"]]
                 merkle.verify_consistency(size, head.size, root, head.root, consistency)
-            except merkle.ProofError:
+            except (merkle.ProofError, KeyError, TypeError, ValueError):
                 _refuse(view, _fork(size, head.size))
     view["head"] = {"size": head.size, "root": b64e(head.root), "timestamp_ms": head.timestamp_ms}
 
@@ -177,7 +178,7 @@ async def verified_lookup(
 
 
 async def verify_entry(
-    api: ApiClient, account_id: str, entry: dict[str, Any], label: str | None = None
+    api: ApiClient, account_id: str, entry: Any, label: str | None = None
 ) -> dict[str, Any]:
     view = api.kt_view
     who = label or account_id
@@ -329,7 +330,9 @@ async def own_history(
     while True:
         since = int(api.kt_view.get("head", {}).get("size", 0))
         raw = await api.call("GET", f"/v1/kt/history?since_version={after}&since={since}")
-        published = await verify_entry(api, account_id, raw["lookup"], "your account")
+        if not isinstance(raw, dict):
+            _refuse(api.kt_view, "the server's history of your key-directory entry is malformed")
+        published = await verify_entry(api, account_id, raw.get("lookup"), "your account")
         try:
             page = [
                 {
