@@ -24,6 +24,7 @@ import websockets
 from parley.client.api import ApiClient, b64e
 from parley.client.device import Received
 from parley.client.messenger import Messenger
+from parley.errors import ServerError
 from parley.protocol import attachments
 from parley.protocol.franking import direct_conversation
 from parley.protocol.wire import AttachmentPointer, Content
@@ -89,7 +90,14 @@ async def _traffic(server: ServerProcess) -> dict[str, str]:
     await alice.api.call("GET", f"/v1/directory/{phones[1]}")
     await alice.api.call("GET", "/v1/devices")
     await alice.api.call("GET", "/v1/keys/status")
-    await alice.api.call("GET", f"/v1/kt/lookup/{bob.account_id}")
+    for _ in range(100):  # bob's first key-directory epoch may still be running
+        try:
+            await alice.api.call("GET", f"/v1/kt/lookup/{bob.account_id}")
+            break
+        except ServerError as exc:
+            if exc.code != "not_found":
+                raise
+            await asyncio.sleep(0.1)
 
     # 1:1 over HTTP, with an attachment; received over the websocket (acks there)
     enc = attachments.encrypt(b"attachment body", secrets.token_bytes)

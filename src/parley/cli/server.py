@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -99,20 +101,32 @@ def main(argv: list[str] | None = None) -> int:
     # through the handler it found installed: make that a clean exit status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.run(
-        app,
-        host=config.host,
-        port=config.port,
-        access_log=False,  # an access log would be a record of who fetched whose keys
-        log_config=None,  # keep logs.configure(): one handler, behind the privacy filter
-        ws="websockets-sansio",
-        ws_max_size=64 * 1024,
-        ws_per_message_deflate=False,  # ciphertext does not compress; deflate only costs CPU
-        timeout_graceful_shutdown=10,
-        log_level="info",
-        server_header=False,
-    )
-    return 0
+    try:
+        uvicorn.run(
+            app,
+            host=config.host,
+            port=config.port,
+            access_log=False,  # an access log would be a record of who fetched whose keys
+            log_config=None,  # keep logs.configure(): one handler, behind the privacy filter
+            ws="websockets-sansio",
+            ws_max_size=64 * 1024,
+            ws_per_message_deflate=False,  # ciphertext does not compress; deflate only costs CPU
+            timeout_graceful_shutdown=10,
+            log_level="info",
+            server_header=False,
+        )
+    except SystemExit as exc:  # the signal handler above, after a graceful shutdown
+        code = exc.code if isinstance(exc.code, int) else 0
+    else:
+        code = 0
+    # uvicorn returns only after the lifespan shutdown, which finished every submitted
+    # commit. A thread a driver left behind (an aiosqlite connection a cancelled
+    # handler never returned) must not keep the process alive after that: exit
+    # without waiting for non-daemon threads (seen as a rare hang on SIGTERM).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

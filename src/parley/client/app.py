@@ -81,7 +81,7 @@ MESSAGE_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 RETRIES = 5
 PRIMARY_DEVICE = 1
 FOREIGN_IDENTITY = "the key directory published an identity key for your account that is not yours"
-KT_GRACE_S = 3.0
+KT_GRACE_S = 10.0  # a brand-new account waits for its first epoch (longer under load)
 REFILL = 50  # one-time prekeys of each kind uploaded when the server says they run low
 
 

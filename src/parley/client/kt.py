@@ -48,7 +48,7 @@ from parley.translog import directory, merkle
 from parley.translog.directory import DeviceList
 from parley.translog.heads import TreeHead
 
-GRACE_S = 3.0
+GRACE_S = 10.0
 MAX_GOSSIP_OK = 32
 MAX_ALARMS = 100
 
