@@ -220,3 +220,11 @@ class Unreachable(ServerError):
 
     def __init__(self, message: str) -> None:
         super().__init__(0, "unreachable", message)
+
+
+class Unavailable(ApiError):
+    """The server cannot answer correctly right now (e.g. a node still catching up
+    with the key directory); the client retries later."""
+
+    code = "unavailable"
+    http_status = 503

@@ -1,4 +1,8 @@
-"""Entry point: ``python -m parley.bench protocol --json``."""
+"""Entry point: ``python -m parley.bench {protocol,server,kt} [--json] [--quick]``.
+
+``server`` takes ``--peers prosody,ejabberd``, ``--cluster``, ``--generators N`` and
+``--database-url`` (see ``parley.bench.server``). Progress goes to stderr, the JSON to stdout.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,18 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parley.bench")
     parser.add_argument("suite", choices=["protocol", "server", "kt"])
+    parser.add_argument("--database-url", help="server: run Parley on this database, not SQLite")
     parser.add_argument(
-        "--connections", type=int, default=1000, help="server: websocket connections to hold"
+        "--peers",
+        help="server: comma-separated XMPP servers to compare with (prosody,ejabberd); "
+        "also runs the 2-node Parley cluster",
     )
-    parser.add_argument("--database-url", help="server: run on this database instead of SQLite")
+    parser.add_argument(
+        "--cluster", action="store_true", help="server: also run the 2-node Parley cluster"
+    )
+    parser.add_argument(
+        "--generators", type=int, default=2, help="server: load-generator processes (default 2)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args(argv)
@@ -29,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         from parley.bench.server import run as run_server
 
         result = run_server(
-            quick=args.quick, connections=args.connections, database_url=args.database_url
+            quick=args.quick,
+            database_url=args.database_url,
+            peers=[p.strip() for p in args.peers.split(",") if p.strip()] if args.peers else None,
+            cluster=args.cluster,
+            generators=args.generators,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
         )
     if args.json:
         sys.stdout.write(json.dumps(result) + "\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -25,6 +27,17 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
     p.add_argument("--port", type=int, default=8470)
     p.add_argument(
         "--database-url", help="sqlite:///PATH (default: DATA_DIR/parley.db) or postgresql://..."
+    )
+    p.add_argument(
+        "--redis-url",
+        help="redis://HOST:PORT/DB: run as one node of a cluster sharing a PostgreSQL "
+        "database and Redis (signals and rate limits; messages stay in PostgreSQL)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes of this node (default 1; more than one needs --redis-url)",
     )
     p.add_argument("--sms", default="console", help="console (default) or file:PATH")
     p.add_argument(
@@ -62,9 +75,19 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         from_spec(args.sms)
     except ValueError as exc:
         p.error(str(exc))
+    database_url = args.database_url or ServerConfig.default_database_url(data_dir)
+    if args.redis_url is not None:
+        if not args.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            p.error("--redis-url must be redis://HOST:PORT/DB (or rediss://, unix://)")
+        if not database_url.startswith(("postgresql", "postgres://")):
+            p.error("--redis-url needs --database-url postgresql://...: nodes share PostgreSQL")
+    if not 1 <= args.workers <= 64:
+        p.error("--workers must be 1..64")
+    if args.workers > 1 and args.redis_url is None:
+        p.error("--workers above 1 needs --redis-url (workers signal each other through Redis)")
     return ServerConfig(
         data_dir=data_dir,
-        database_url=args.database_url or ServerConfig.default_database_url(data_dir),
+        database_url=database_url,
         host=args.host,
         port=args.port,
         sms=args.sms,
@@ -75,7 +98,22 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         maintenance_interval_s=args.maintenance_interval,
         kt_epoch_s=args.kt_epoch_seconds,
         log_level=args.log_level,
+        redis_url=args.redis_url,
+        workers=args.workers,
     )
+
+
+CONFIG_ENV = "PARLEY_SERVER_CONFIG"
+
+
+def app_from_env() -> object:
+    """The app factory each ``--workers`` process calls (uvicorn imports it by name)."""
+    fields = json.loads(os.environ[CONFIG_ENV])
+    config = ServerConfig(**{**fields, "data_dir": Path(fields["data_dir"])})
+    logs.configure(config.log_level)
+    from parley.server.app import create_app
+
+    return create_app(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,17 +131,24 @@ def main(argv: list[str] | None = None) -> int:
     from parley.server.app import create_app
 
     try:
-        app = create_app(config)
+        app: object = create_app(config)
     except ValueError as exc:
         sys.stderr.write(f"parley-server: {exc}\n")
         return 2
+    if config.workers > 1:
+        os.environ[CONFIG_ENV] = json.dumps(
+            {**dataclasses.asdict(config), "data_dir": str(config.data_dir)}
+        )
+        app = "parley.cli.server:app_from_env"
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # through the handler it found installed: make that a clean exit status 0.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
-            app,
+            app,  # type: ignore[arg-type]
+            factory=config.workers > 1,
+            workers=config.workers if config.workers > 1 else None,
             host=config.host,
             port=config.port,
             access_log=False,  # an access log would be a record of who fetched whose keys

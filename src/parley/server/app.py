@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import gc
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +37,7 @@ from parley.server.api.schemas import MAX_REPORT_BODY
 from parley.server.api.websocket import websocket_endpoint
 from parley.server.config import ServerConfig
 from parley.server.disclosure.package import DisclosureReader
+from parley.server.fanout.cluster import ClusterFanout
 from parley.server.fanout.local import LocalFanout
 from parley.server.handlers.accounts import AccountsHandler
 from parley.server.handlers.attachments import AttachmentsHandler
@@ -44,7 +47,7 @@ from parley.server.handlers.kt import KtHandler
 from parley.server.handlers.legal import LegalHandler
 from parley.server.handlers.messages import MessagesHandler
 from parley.server.handlers.moderation import ModerationHandler
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter, RateLimiter
 from parley.server.handlers.reports import MEMBERSHIP_RETENTION_MS, ReportsHandler
 from parley.server.handlers.standing import Standing
 from parley.server.handlers.transparency import TransparencyHandler
@@ -52,9 +55,11 @@ from parley.server.sms import SmsSender, from_spec
 from parley.server.storage import db
 from parley.server.storage.accounts import AccountStore, CodeStore, ConnectionLog, ProvisioningStore
 from parley.server.storage.blobs import BlobStore
+from parley.server.storage.buckets import RedisBuckets
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.keys import KeyStore
 from parley.server.storage.kt import KtStore
+from parley.server.storage.leases import RENEW_S, Lease
 from parley.server.storage.legal import LegalStore
 from parley.server.storage.moderation import (
     AuditLog,
@@ -171,7 +176,7 @@ async def _no_receive() -> Message:
 
 def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  # noqa: PLR0915 - the composition root
     engine = db.create_engine(config.database_url)
-    fanout = LocalFanout()
+    node = secrets.token_hex(8)  # this process, as the cluster knows it
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
@@ -179,7 +184,26 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         await db.migrate(engine)
         pepper = await load_or_create(engine, "pepper")
         franking_key = await load_or_create(engine, "franking")
-        limiter = RateLimiter(time.monotonic)
+        local_limits = RateLimiter(time.monotonic)
+        limiter: Limiter = local_limits
+        redis: Redis | None = None
+        fanout: LocalFanout
+        if config.redis_url:
+            redis = Redis.from_url(
+                config.redis_url,
+                socket_timeout=2,
+                socket_connect_timeout=2,
+                health_check_interval=5,
+                decode_responses=True,
+            )
+            cluster = ClusterFanout(redis, pepper, node)
+            fanout = cluster
+            limiter = RedisBuckets(redis, pepper, local_limits)
+        else:
+            cluster = None
+            fanout = LocalFanout()
+        app.state.fanout = fanout
+        lease = Lease(engine, "leader", node, now_ms)
         queue = MessageQueue(engine, fanout.deliver)
         codes, provisioning, connections = (
             CodeStore(engine),
@@ -229,7 +253,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         )
         app.include_router(build_router(handlers))
         staff_side = await build_staff_side(
-            engine, groups_store, blobs, limiter, franking_key, pepper, config
+            engine, groups_store, blobs, local_limits, franking_key, pepper, config
         )
         moderation, reports_handler = staff_side.moderation, staff_side.reports
         notices = staff_side.notices
@@ -238,7 +262,13 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         accounts.check_login = standing.check_login
         handlers.messages.check_send = standing.check_send
         handlers.groups.check_grow = standing.check_grow_groups
-        moderation.on_status_changed = standing.refresh
+
+        async def status_changed() -> None:
+            await standing.refresh()
+            if cluster is not None:
+                cluster.standing_changed()  # every node reloads, and closes a ban's sockets
+
+        moderation.on_status_changed = status_changed
         await standing.refresh()
         app.include_router(build_admin_router(accounts, reports_handler, moderation, notices))
         app.include_router(
@@ -256,24 +286,34 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         )
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)
-        maintenance = asyncio.create_task(
-            _maintain(
-                config,
-                queue,
-                [
-                    codes.prune,
-                    provisioning.prune,
-                    blobs.prune,
-                    _notices_due(staff_side.legal),
-                    lambda now: groups_store.prune_departures(now - MEMBERSHIP_RETENTION_MS),
-                ],
-                connections,
-            )
+        tasks: list[asyncio.Task[Any]] = []
+        kt_handler = KtHandler(
+            KtStore(engine), staff_side.transparency, now_ms, lease if cluster else None
         )
-        checkpoints = asyncio.create_task(db.checkpoint_loop(engine))
-        standing_loop = asyncio.create_task(standing.refresh_loop())
-        kt_handler = KtHandler(KtStore(engine), staff_side.transparency, now_ms)
-        await kt_handler.publish()
+        if cluster is not None:
+            cluster.on_account_changed = accounts.forget_account
+            cluster.on_signals = _caching(accounts)
+            cluster.on_standing = _spawner(tasks, standing.refresh)
+            cluster.on_kt = kt_handler.wake
+            kt_handler.notify_cluster = cluster.kt_changed
+            accounts.on_account_changed = cluster.account_changed
+            tasks.append(asyncio.create_task(cluster.run()))
+        await lease.renew()
+        singleton: list[Callable[[int], Awaitable[object]]] = [
+            codes.prune,
+            provisioning.prune,
+            blobs.prune,
+            _notices_due(staff_side.legal),
+            lambda now: groups_store.prune_departures(now - MEMBERSHIP_RETENTION_MS),
+        ]
+        tasks.append(asyncio.create_task(_lead(lease, kt_handler)))
+        tasks.append(asyncio.create_task(_maintain(config, lease, queue, singleton, connections)))
+        tasks.append(asyncio.create_task(db.checkpoint_loop(engine)))
+        # With signals, standing changes are pushed; the poll stays as a safety net
+        # for changes made by parley-admin straight in the database.
+        tasks.append(asyncio.create_task(standing.refresh_loop(10.0 if cluster else 1.0)))
+        with contextlib.suppress(Exception):
+            await kt_handler.publish()  # an epoch failing here is retried by the loop
         state["kt"] = kt_handler
         app.include_router(build_kt_router(accounts, kt_handler))
         previous_removed = accounts.on_device_removed
@@ -284,29 +324,38 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
 
         accounts.on_device_removed = keys_changed
         accounts.on_keys_changed = kt_handler.request_epoch
-        kt_loop = asyncio.create_task(kt_handler.loop(config.kt_epoch_s))
+        tasks.append(asyncio.create_task(kt_handler.loop(config.kt_epoch_s)))
         # Long-lived objects (routes, models, SQLAlchemy metadata) need no cycle
         # collection: freezing them keeps gen-2 pauses out of delivery latency.
         gc.collect()
         gc.freeze()
         # no host here: the log names no address (server/logs.py)
-        log.info("parley-server %s ready (%s database)", __version__, engine.dialect.name)
+        if cluster is not None:
+            log.info(
+                "parley-server %s ready (%s database, cluster node)",
+                __version__,
+                engine.dialect.name,
+            )
+        else:
+            log.info("parley-server %s ready (%s database)", __version__, engine.dialect.name)
         try:
             yield
         finally:
-            maintenance.cancel()
-            checkpoints.cancel()
-            standing_loop.cancel()
-            kt_loop.cancel()
+            for task in tasks:
+                task.cancel()
             await fanout.close_all()
             await queue.close()
+            with contextlib.suppress(Exception):
+                await lease.release()
+            if redis is not None:
+                with contextlib.suppress(Exception):
+                    await redis.aclose()
             await engine.dispose()
             log.info("parley-server stopped; every submitted commit finished")
 
     app = FastAPI(
         title="Parley", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
     )
-    app.state.fanout = fanout
     app.state.parley = state
 
     @app.exception_handler(ApiError)
@@ -400,24 +449,62 @@ def _notices_due(legal: LegalHandler) -> Callable[[int], Awaitable[object]]:
 
 async def _maintain(
     config: ServerConfig,
+    lease: Lease,
     queue: MessageQueue,
-    expirers: list[Callable[[int], Awaitable[object]]],
+    singleton: list[Callable[[int], Awaitable[object]]],
     connections: ConnectionLog,
 ) -> None:
-    """Expire and prune on a schedule; a failure is logged and retried next round."""
+    """Expire and prune on a schedule, on the lease holder only (notices must go out
+    once); a failure is logged and retried next round."""
     while True:
         now = now_ms()
         try:
-            expired = await queue.prune(now, now - SENT_KEY_RETENTION_MS)
-            pruned = await connections.prune(now - config.ip_retention_ms)
-            for expire in expirers:
-                await expire(now)
-            if expired or pruned:
-                log.info(
-                    "maintenance: %d expired messages, %d connection-log rows pruned",
-                    expired,
-                    pruned,
-                )
+            if lease.held:
+                expired = await queue.prune(now, now - SENT_KEY_RETENTION_MS)
+                pruned = await connections.prune(now - config.ip_retention_ms)
+                for work in singleton:
+                    await work(now)
+                if expired or pruned:
+                    log.info(
+                        "maintenance: %d expired messages, %d connection-log rows pruned",
+                        expired,
+                        pruned,
+                    )
         except Exception as exc:
             log.warning("maintenance failed: %s", type(exc).__name__)
         await asyncio.sleep(config.maintenance_interval_s)
+
+
+async def _lead(lease: Lease, kt: KtHandler) -> None:
+    """Hold or contend for the lease; a node that takes it publishes an epoch soon."""
+    while True:
+        await asyncio.sleep(RENEW_S)
+        was = lease.held
+        try:
+            held = await lease.renew()
+        except Exception as exc:
+            log.warning("lease renewal failed: %s", type(exc).__name__)
+            continue
+        if held and not was:
+            kt.wake()
+
+
+def _caching(accounts: AccountsHandler) -> Callable[[bool], None]:
+    def signals(up: bool) -> None:
+        accounts.forget_all()  # what was missed while signals were down
+        accounts.caching = up
+
+    return signals
+
+
+def _spawner(
+    tasks: list[asyncio.Task[Any]], work: Callable[[], Awaitable[None]]
+) -> Callable[[], None]:
+    """A signal handler is synchronous: it starts the work and returns."""
+
+    def start() -> None:
+        task = asyncio.ensure_future(work())
+        tasks.append(task)
+        task.add_done_callback(lambda t: tasks.remove(t) if t in tasks else None)
+
+    return start

@@ -29,6 +29,8 @@ class ServerConfig:
     maintenance_interval_s: float = 60.0
     kt_epoch_s: float = 10.0
     log_level: str = "info"  # Parley's own loggers; see server/logs.py
+    redis_url: str | None = None  # a cluster node: signals and rate limits in Redis
+    workers: int = 1  # processes of this node (each is a node of the cluster)
 
     @staticmethod
     def default_database_url(data_dir: Path) -> str:

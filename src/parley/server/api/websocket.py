@@ -172,7 +172,7 @@ def websocket_endpoint(
         session = DeliverySession(
             who.account_id, who.device_id, queue, StarletteTransport(websocket), window
         )
-        fanout.register(session)
+        await fanout.register(session)
         pusher = asyncio.create_task(session.run())
         connection = _Connection(websocket, who, messages, session)
         try:

@@ -22,7 +22,7 @@ from parley.crypto.primitives import constant_time_equal, hmac_sha256
 from parley.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from parley.phone import InvalidPhone, e164
 from parley.server.config import ServerConfig
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter
 from parley.server.sms import SmsSender
 from parley.server.storage.accounts import (
     PRIMARY_DEVICE,
@@ -76,7 +76,7 @@ class AccountsHandler:
         provisioning: ProvisioningStore,
         connections: ConnectionLog,
         sms: SmsSender,
-        limiter: RateLimiter,
+        limiter: Limiter,
         pepper: bytes,
         clock_ms: Callable[[], int],
     ) -> None:
@@ -89,7 +89,7 @@ class AccountsHandler:
         self._limiter = limiter
         self._pepper = pepper
         self._now = clock_ms
-        self._auth_cache: dict[tuple[str, int], bytes] = {}
+        self._auth_cache: dict[str, dict[int, bytes]] = {}  # account -> device -> hash
         self._seen_day: dict[str, int] = {}
         self._logged_ip: dict[tuple[str, str], int] = {}
         self._devices: dict[str, list[int]] = {}
@@ -97,6 +97,10 @@ class AccountsHandler:
         self.on_device_removed: Callable[[str, int], None] = lambda _a, _d: None
         self.check_login: Callable[[str], None] = lambda _a: None  # moderation (Standing)
         self.on_keys_changed: Callable[[], None] = lambda: None  # key transparency (KtHandler)
+        # A cluster tells the other nodes to drop their cached copy of the account.
+        self.on_account_changed: Callable[[str], None] = lambda _a: None
+        # Off while cluster signals are down: a revocation elsewhere must not be missed.
+        self.caching = True
 
     # -- registration ------------------------------------------------------------------
 
@@ -105,13 +109,13 @@ class AccountsHandler:
 
     async def request_code(self, raw_phone: str, ip: str) -> None:
         phone = normalize_phone(raw_phone)
-        self._limiter.check(
+        await self._limiter.check(
             "code-ip",
             ip,
             self._config.registrations_per_ip_hour,
             self._config.registrations_per_ip_hour / 3600,
         )
-        self._limiter.check("code-phone", phone, 3, 1 / 300)
+        await self._limiter.check("code-phone", phone, 3, 1 / 300)
         code = f"{secrets.randbelow(1_000_000):06d}"
         await self._codes.put(
             phone, self._hash("code", phone + ":" + code), self._now() + self._config.code_ttl_ms
@@ -121,7 +125,7 @@ class AccountsHandler:
     async def verify(self, raw_phone: str, code: str, identity_key: bytes, ip: str) -> Credentials:
         """Finish registration: the code must match, in time, within the attempt bound."""
         phone = normalize_phone(raw_phone)
-        self._limiter.check(
+        await self._limiter.check(
             "verify-ip",
             ip,
             self._config.registrations_per_ip_hour,
@@ -156,8 +160,8 @@ class AccountsHandler:
         account_id, _ = await self._accounts.register(
             phone, identity_key, self._hash("credential", token), day_of(now), now
         )
-        self._devices.pop(account_id, None)
-        self._accounts_cache.pop(account_id, None)
+        self.forget_account(account_id)
+        self.on_account_changed(account_id)
         self.on_keys_changed()
         await self._log_connection(account_id, ip)
         return Credentials(account_id, PRIMARY_DEVICE, token)
@@ -173,12 +177,15 @@ class AccountsHandler:
             device_id = int(device)
         except ValueError as exc:
             raise Unauthorized("invalid credentials") from exc
-        stored = self._auth_cache.get((account_id, device_id))
+        stored = self._auth_cache.get(account_id, {}).get(device_id) if self.caching else None
         if stored is None:
             stored = await self._accounts.credential_hash(account_id, device_id)
             if stored is None:
                 raise Unauthorized("invalid credentials")
-            self._auth_cache[(account_id, device_id)] = stored
+            if self.caching:
+                if len(self._auth_cache) > 100_000:
+                    self._auth_cache.clear()
+                self._auth_cache.setdefault(account_id, {})[device_id] = stored
         if not constant_time_equal(stored, self._hash("credential", token)):
             raise Unauthorized("invalid credentials")
         self.check_login(account_id)
@@ -207,28 +214,30 @@ class AccountsHandler:
 
     async def account(self, account_id: str) -> Account:
         """An account by id (cached: the send path must not read the database)."""
-        account = self._accounts_cache.get(account_id)
+        account = self._accounts_cache.get(account_id) if self.caching else None
         if account is None:
             account = await self._accounts.get(account_id)
             if account is None:
                 raise NotFound("no such account")
             if len(self._accounts_cache) > 100_000:
                 self._accounts_cache.clear()
-            self._accounts_cache[account_id] = account
+            if self.caching:
+                self._accounts_cache[account_id] = account
         return account
 
     async def lookup(self, who: Principal, raw_phone: str) -> Account:
-        self._limiter.check("lookup", who.account_id, 100, 1)
+        await self._limiter.check("lookup", who.account_id, 100, 1)
         account = await self._accounts.get_by_phone(normalize_phone(raw_phone))
         if account is None:
             raise NotFound("no such contact")
         return account
 
     async def device_ids(self, account_id: str) -> list[int]:
-        cached = self._devices.get(account_id)
+        cached = self._devices.get(account_id) if self.caching else None
         if cached is None:
             cached = await self._accounts.device_ids(account_id)
-            self._devices[account_id] = cached
+            if self.caching:
+                self._devices[account_id] = cached
         return cached
 
     async def start_linking(self, who: Principal, lookup: bytes, blob: bytes) -> int:
@@ -244,14 +253,14 @@ class AccountsHandler:
 
     async def provisioning_blob(self, lookup: bytes, ip: str) -> bytes:
         """The encrypted provisioning message for a lookup key (not consumed)."""
-        self._limiter.check("link-ip", ip, 20, 1 / 60)
+        await self._limiter.check("link-ip", ip, 20, 1 / 60)
         blob = await self._provisioning.peek(hmac_sha256(self._pepper, lookup), self._now())
         if blob is None:
             raise BadRequest("unknown or expired provisioning code", "invalid_code")
         return blob
 
     async def link(self, lookup: bytes, ip: str) -> tuple[Credentials, bytes]:
-        self._limiter.check("link-ip", ip, 20, 1 / 60)
+        await self._limiter.check("link-ip", ip, 20, 1 / 60)
         taken = await self._provisioning.take(hmac_sha256(self._pepper, lookup), self._now())
         if taken is None:
             raise BadRequest("unknown or expired provisioning code", "invalid_code")
@@ -268,6 +277,7 @@ class AccountsHandler:
                 f"an account has at most {self._config.max_linked_devices} linked devices"
             )
         self._devices.pop(account_id, None)
+        self.on_account_changed(account_id)
         self.on_keys_changed()
         await self._log_connection(account_id, ip)
         return Credentials(account_id, device_id, token), blob
@@ -285,11 +295,23 @@ class AccountsHandler:
         for device_id in await self._accounts.device_ids(who.account_id):
             self._forget_device(who.account_id, device_id)
         await self._accounts.delete_account(who.account_id)
-        self._accounts_cache.pop(who.account_id, None)
+        self.forget_account(who.account_id)
+        self.on_account_changed(who.account_id)
+
+    def forget_account(self, account_id: str) -> None:
+        """Drop this process's cached copy of an account (changed here or elsewhere)."""
+        self._auth_cache.pop(account_id, None)
+        self._devices.pop(account_id, None)
+        self._accounts_cache.pop(account_id, None)
+
+    def forget_all(self) -> None:
+        self._auth_cache.clear()
+        self._devices.clear()
+        self._accounts_cache.clear()
 
     def _forget_device(self, account_id: str, device_id: int) -> None:
         """Revoke at once: drop cached credentials and close the device's socket."""
-        self._auth_cache.pop((account_id, device_id), None)
+        self._auth_cache.get(account_id, {}).pop(device_id, None)
         self._devices.pop(account_id, None)
         self.on_device_removed(account_id, device_id)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from parley.errors import NotFound, PayloadTooLarge
 from parley.server.handlers.accounts import Principal
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.blobs import BlobStore
 
 
@@ -15,7 +15,7 @@ class AttachmentsHandler:
     def __init__(
         self,
         blobs: BlobStore,
-        limiter: RateLimiter,
+        limiter: Limiter,
         max_bytes: int,
         ttl_ms: int,
         clock_ms: Callable[[], int],
@@ -27,7 +27,7 @@ class AttachmentsHandler:
         self._now = clock_ms
 
     async def upload(self, who: Principal, data: bytes) -> tuple[str, int]:
-        self._limiter.check("attachment", who.account_id, 50, 1)
+        await self._limiter.check("attachment", who.account_id, 50, 1)
         if len(data) > self.max_bytes:
             raise PayloadTooLarge(f"attachments are limited to {self.max_bytes} bytes")
         blob_id = secrets.token_hex(16)
@@ -36,7 +36,7 @@ class AttachmentsHandler:
         return blob_id, expires
 
     async def download(self, who: Principal, blob_id: str) -> bytes:
-        self._limiter.check("attachment-get", who.account_id, 200, 5)
+        await self._limiter.check("attachment-get", who.account_id, 200, 5)
         if len(blob_id) != 32 or not all(c in "0123456789abcdef" for c in blob_id):
             raise NotFound("no such attachment")
         data = await self._blobs.get(blob_id, self._now())

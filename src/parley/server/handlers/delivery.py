@@ -9,13 +9,17 @@ the socket (``api/websocket.py``). Client -> server: ``{"type": "ack", "ids": [.
 A message stays in the database until its ack; at most ``window`` messages
 are unacknowledged at once.
 
-The session starts in *backlog* mode and reads its queue from the database
-in id order. Once a read comes back short, it switches to *live* mode, where
-the queue writer hands it freshly committed rows directly (no database read).
-Rows handed over while a backlog read is in flight are buffered and merged by
-id, so nothing committed during the read is skipped. If the in-memory outbox
-grows past ``MAX_OUTBOX`` (a slow reader), it is dropped and the session goes
-back to backlog mode: the database is always the record.
+The session starts in *backlog* mode: a *pass* reads its queue from the
+database in id order, page by page, skipping rows already queued here (by
+message id). Once a page comes back short, it switches to *live* mode, where
+this process's queue writer hands it freshly committed rows directly (no
+database read). Rows handed over during a pass are buffered and merged at its
+end. A row committed by another node (or while signals were down) arrives as
+``available()``, which starts a new pass: with several writers a row may
+commit after one with a higher id, so passes always start from the front of
+the queue, which acks keep short. If the in-memory outbox grows past
+``MAX_OUTBOX`` (a slow reader), it is dropped and a pass starts: the database
+is always the record.
 
 Malformed client frames close the socket: 1007 for bytes that are not UTF-8
 JSON, 1008 for JSON that is not a valid frame.
@@ -31,12 +35,12 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
+import orjson
+
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 
 CLOSE_INVALID_DATA = 1007
 CLOSE_POLICY = 1008
-CLOSE_REPLACED = 4409
-CLOSE_REVOKED = 4403
 MAX_OUTBOX = 5000
 MAX_ACK_IDS = 1000
 
@@ -65,6 +69,14 @@ def message_frame(row: QueuedMessage) -> dict[str, Any]:
     }
 
 
+def message_text(row: QueuedMessage) -> str:
+    return dumps(message_frame(row))
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    return orjson.dumps(frame).decode()
+
+
 class DeliverySession:
     def __init__(
         self,
@@ -75,17 +87,20 @@ class DeliverySession:
         window: int,
     ) -> None:
         self.owner = (account_id, device_id)
+        self.started = time.time()  # a newer connection elsewhere replaces this one
         self._queue = queue
         self._transport = transport
         self._window = window
         self._outbox: deque[QueuedMessage] = deque()
+        self._queued: set[str] = set()  # in the outbox or in flight
         self._control: deque[dict[str, Any]] = deque()
         self._inflight: set[str] = set()
         self._backlog = True
+        self._cursor = 0  # a backlog pass reads on after this id
+        self._again = False  # rows were signalled during a pass: read once more
+        self._buffer: list[QueuedMessage] = []  # rows offered while in backlog mode
         self._reading = False
-        self._read_buffer: list[QueuedMessage] = []
-        self._known_id = 0  # highest id pushed or waiting in the outbox
-        self._last_pushed = 0
+        self._acked_while_reading: set[str] = set()
         self._empty_sent = False
         self._wake = asyncio.Event()
         self._wake.set()
@@ -95,19 +110,29 @@ class DeliverySession:
     # -- inputs -------------------------------------------------------------------------
 
     def offer(self, rows: list[QueuedMessage]) -> None:
-        """Freshly committed rows for this device, in id order (from the queue writer)."""
+        """Rows this process just committed for this device (from the queue writer)."""
         if self._backlog:
-            if self._reading:
-                self._read_buffer.extend(rows)
-            return  # committed: the next backlog read will find them
-        for row in rows:
-            if row.id > self._known_id:
-                self._outbox.append(row)
-                self._known_id = row.id
-        if len(self._outbox) > MAX_OUTBOX:
-            self._outbox.clear()
-            self._known_id = self._last_pushed
-            self._backlog = True
+            self._buffer.extend(rows)
+            if len(self._buffer) > MAX_OUTBOX:
+                self._buffer.clear()  # committed: a pass reads them
+                self._again = True
+        else:
+            for row in rows:
+                self._add(row)
+            if len(self._outbox) > MAX_OUTBOX:  # a slow reader: the database holds them
+                for row in self._outbox:
+                    self._queued.discard(row.guid)
+                self._outbox.clear()
+                self._start_pass()
+        self._wake.set()
+
+    def available(self) -> None:
+        """Rows were committed for this device that no local commit offered (another
+        node's, or any while signals were down): read the queue again."""
+        if self._backlog:
+            self._again = True
+        else:
+            self._start_pass()
         self._wake.set()
 
     def send_control(self, frame: dict[str, Any]) -> None:
@@ -142,6 +167,9 @@ class DeliverySession:
         mine = [i for i in ids if i in self._inflight]  # only what was pushed to this device
         for i in mine:
             self._inflight.discard(i)
+            self._queued.discard(i)
+        if self._reading:
+            self._acked_while_reading.update(mine)
         if mine:
             self._queue.delete_soon(mine)  # the read loop must not wait for a commit
         self._wake.set()
@@ -162,17 +190,18 @@ class DeliverySession:
             self.closed.set()
 
     async def _pump(self) -> None:
+        send = self._transport.send_text
         while self._control and self._close_code is None:
-            await self._transport.send_text(json.dumps(self._control.popleft()))
+            await send(dumps(self._control.popleft()))
         while self._close_code is None and len(self._inflight) < self._window:
-            if not self._outbox and self._backlog:
-                await self._read_backlog(self._window - len(self._inflight))
             if not self._outbox:
-                break
+                if not self._backlog:
+                    break
+                await self._read_page(self._window - len(self._inflight))
+                continue  # a page may add nothing yet move the pass on
             row = self._outbox.popleft()
             self._inflight.add(row.guid)
-            self._last_pushed = row.id
-            await self._transport.send_text(json.dumps(message_frame(row)))
+            await send(message_text(row))
         if (
             not self._backlog
             and not self._outbox
@@ -180,26 +209,42 @@ class DeliverySession:
             and self._close_code is None
         ):
             self._empty_sent = True
-            await self._transport.send_text('{"type": "queue_empty"}')
+            await send('{"type": "queue_empty"}')
 
-    async def _read_backlog(self, room: int) -> None:
-        limit = max(room, 1)
-        self._reading, self._read_buffer = True, []
+    def _add(self, row: QueuedMessage) -> None:
+        if row.guid not in self._queued:
+            self._queued.add(row.guid)
+            self._outbox.append(row)
+
+    def _start_pass(self) -> None:
+        self._backlog = True
+        self._cursor = 0
+
+    async def _read_page(self, room: int) -> None:
+        """One page of a backlog pass. A pass reads the device's queue in id order
+        from the start, skipping what is already queued here: with several writers
+        (nodes) a row can commit after a row with a higher id, so no id is a safe
+        place to resume from once a pass has ended."""
+        limit = max(room, 1) + len(self._inflight)  # in-flight rows come first by id
+        self._reading, self._acked_while_reading = True, set()
         try:
             rows, last = await self._queue.page(
-                self.owner[0], self.owner[1], self._known_id, limit, time.time_ns() // 1_000_000
+                self.owner[0], self.owner[1], self._cursor, limit, time.time_ns() // 1_000_000
             )
         finally:
             self._reading = False
-        self._outbox.extend(rows)
+        for row in rows:
+            if row.guid not in self._acked_while_reading:
+                self._add(row)
+        self._acked_while_reading = set()
         if last is not None:
-            self._known_id = last  # a full page: more may follow, read on from here
-        else:
-            if rows:
-                self._known_id = rows[-1].id
-            self._backlog = False
-            for row in self._read_buffer:
-                if row.id > self._known_id:
-                    self._outbox.append(row)
-                    self._known_id = row.id
-        self._read_buffer = []
+            self._cursor = last  # a full page: the pass goes on
+            return
+        self._cursor = 0
+        if self._again:
+            self._again = False  # signalled during the pass: one more from the start
+            return
+        self._backlog = False
+        for row in self._buffer:
+            self._add(row)
+        self._buffer = []

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from parley.errors import BadRequest, Conflict, Forbidden, NotFound, VersionConflict
 from parley.server.handlers.accounts import AccountsHandler, Principal
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.groups import GroupStore
 
 MAX_MEMBERS = 1000
@@ -28,7 +28,7 @@ class GroupsHandler:
         self,
         accounts: AccountsHandler,
         groups: GroupStore,
-        limiter: RateLimiter,
+        limiter: Limiter,
         clock_ms: Callable[[], int],
     ) -> None:
         self._accounts = accounts
@@ -39,7 +39,7 @@ class GroupsHandler:
 
     async def create(self, who: Principal, members: list[str]) -> str:
         self.check_grow(who.account_id)
-        self._limiter.check("group-create", who.account_id, 20, 1 / 60)
+        await self._limiter.check("group-create", who.account_id, 20, 1 / 60)
         if len(set(members)) + 1 > MAX_MEMBERS:
             raise BadRequest(f"a group has at most {MAX_MEMBERS} members")
         for member in members:
@@ -81,7 +81,7 @@ class GroupsHandler:
         await self.members(who, group_id)
         if not sealed or len(sealed) > MAX_SEALED_CHANGE:
             raise BadRequest(f"a group change is 1 to {MAX_SEALED_CHANGE} bytes")
-        self._limiter.check("group-change", who.account_id, 120, 1)
+        await self._limiter.check("group-change", who.account_id, 120, 1)
         expected = await self._groups.append_change(group_id, version, sealed, self._now())
         if expected is not None:
             raise VersionConflict(expected)

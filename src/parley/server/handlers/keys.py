@@ -15,7 +15,7 @@ from parley.errors import BadRequest, InvalidSignature, MalformedMessage, NotFou
 from parley.protocol.keys import verify_kem_prekey, verify_signed_prekey
 from parley.protocol.wire import IdentityPublic
 from parley.server.handlers.accounts import AccountsHandler, Principal
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.keys import DeviceBundle, KemKey, KeyStore, OneTimeKey, SignedKey
 
 MAX_ONE_TIME_UPLOAD = 200
@@ -27,7 +27,7 @@ class KeysHandler:
         self,
         accounts: AccountsHandler,
         keys: KeyStore,
-        limiter: RateLimiter,
+        limiter: Limiter,
         low_threshold: int,
         notify_low: Callable[[str, int, int, int], None],
     ) -> None:
@@ -72,11 +72,11 @@ class KeysHandler:
         self, who: Principal, account_id: str, device: int | None
     ) -> tuple[bytes, list[DeviceBundle]]:
         """The identity key and a bundle per device (or for one device)."""
-        self._limiter.check("bundle", who.account_id, 200, 2)
+        await self._limiter.check("bundle", who.account_id, 200, 2)
         if account_id != who.account_id:
             # One account cannot drain another's one-time prekeys: a session needs
             # one bundle per device, so a few fetches per contact are plenty.
-            self._limiter.check(
+            await self._limiter.check(
                 "bundle-contact", f"{who.account_id}:{account_id}", BUNDLES_PER_CONTACT, 1 / 600
             )
         account = await self._accounts.account(account_id)

@@ -31,11 +31,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from parley.errors import BadRequest, Conflict, NotFound
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from parley.errors import BadRequest, Conflict, NotFound, Unavailable
 from parley.server.handlers.transparency import TransparencyHandler
 from parley.server.storage.kt import KtStore, Version
+from parley.server.storage.leases import Lease
 from parley.translog import directory as kt
 from parley.translog.directory import DeviceList, Directory, DirectoryProofError
+from parley.translog.heads import TreeHead
 
 log = logging.getLogger(__name__)
 
@@ -57,105 +61,160 @@ class KtHandler:
         store: KtStore,
         transparency: TransparencyHandler,
         clock_ms: Callable[[], int],
+        lease: Lease | None = None,
     ) -> None:
         self._store = store
         self._log = transparency
         self._now = clock_ms
+        self._lease = lease  # None: a single node, always the one that publishes
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        # Called when other nodes should look at the directory (cluster signal).
+        self.notify_cluster: Callable[[], None] = lambda: None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the in-memory directory; the next call rebuilds it from the log and
+        the database (after a failed epoch, or when this node lost the lease)."""
         self._tree = Directory()
         self._latest: dict[str, Version] | None = None
         self._present: set[str] = set()
         self._raw: dict[str, tuple[bytes, tuple[int, ...], bytes]] = {}
+        self._in_sync = True
         self.epoch = 0
         self.root = kt.EMPTY
         self.log_index: int | None = None
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
 
     def request_epoch(self) -> None:
-        """Publish soon (called after a key change)."""
+        """A key changed on this node: publish soon (the lease holder does)."""
+        self._wake.set()
+        self.notify_cluster()
+
+    def wake(self) -> None:
+        """Another node changed a key or logged an epoch."""
         self._wake.set()
 
-    async def publish(self) -> dict[str, Any]:
-        async with self._lock:
-            if self.log_index is None:
-                await self._resume()
-            if self._latest is None:
-                self._latest = await self._store.latest()
-                for account, v in self._latest.items():
-                    self._tree.set(kt.index_of(account), v.value)
-            latest = self._latest
-            epoch = self.epoch + 1
-            states = await self._store.key_states()
-            added: list[tuple[str, Version]] = []
-            for account, raw in states.items():
-                current = latest.get(account)
-                if self._raw.get(account) == raw and current is not None:
-                    continue
-                self._raw[account] = raw
-                identity, devices, device_list = raw
-                if kt.signed_devices(device_list, identity, account) is None:
-                    device_list = b""  # not signed by this identity (e.g. before re-registration)
-                if current is not None and (
-                    current.identity_key,
-                    current.devices,
-                    current.device_list,
-                ) == (identity, devices, device_list):
-                    continue
-                number = 1 if current is None else current.version + 1
-                prev = kt.EMPTY if current is None else current.value
-                value = kt.value_hash(account, number, epoch, identity, devices, device_list, prev)
-                v = Version(number, epoch, identity, devices, device_list, prev, value)
-                added.append((account, v))
-                latest[account] = v
-                self._tree.set(kt.index_of(account), value)
-            # Deleted accounts no longer resolve; their leaf stays until the tree is
-            # rebuilt at the next start (the log keeps every earlier root anyway).
-            gone = [a for a in latest if a not in states]
-            for a in gone:
-                latest.pop(a)
-                self._raw.pop(a, None)
-            self._present = set(states)
-            await self._store.forget(gone)
-            if added:
-                await self._store.add(added)
-            root = self._tree.commit()
-            size = (await self._log.head()).size
-            if (
-                root != self.root
-                or self.log_index is None
-                or size - self.log_index > MAX_TAIL
-                or added
-            ):
-                self.epoch = epoch
-                self.root = root
-                self.log_index = await self._log.append(
-                    "kt_epoch", {"epoch": epoch, "root": root.hex(), "size": self._tree.size}
-                )
-            return {
-                "epoch": self.epoch,
-                "root": self.root.hex(),
-                "log_index": self.log_index,
-                "changed": len(added),
-            }
-
-    async def _resume(self) -> None:
-        """After a restart, continue from the last logged epoch."""
-        head = await self._log.head()
-        end = head.size
-        while end > 0:
-            start = max(0, end - 1000)
+    async def _last_logged(self) -> tuple[int, bytes, int] | None:
+        """The newest ``kt_epoch`` entry in the log: (epoch, root, index)."""
+        end = await self._log.size()
+        stop = self.log_index or 0
+        while end > stop:
+            start = max(stop, end - 1000)
             for entry in reversed(await self._log.entries(start, end)):
                 if entry["kind"] == "kt_epoch":
-                    self.epoch = int(entry["body"]["epoch"])
-                    self.root = bytes.fromhex(entry["body"]["root"])
-                    self.log_index = int(entry["index"])
-                    return
+                    body = entry["body"]
+                    return int(body["epoch"]), bytes.fromhex(body["root"]), int(entry["index"])
             end = start
+        return None
+
+    async def _follow(self) -> None:
+        """Catch up with the newest epoch in the log, whichever node logged it. An
+        epoch's versions commit with its log entry, so the database holds exactly
+        the versions of every logged epoch; a follower applies the new ones and
+        checks the root it gets against the logged one (a deletion, which removes
+        a leaf, makes it rebuild the tree)."""
+        last = await self._last_logged()
+        if self._latest is None and last is None:
+            self._latest = {}
+        if last is None or last[2] == self.log_index:
+            return
+        epoch, root, index = last
+        got: bytes | None = None
+        if self._latest is not None and self.log_index is not None and epoch > self.epoch:
+            for account, v in await self._store.published_between(self.epoch, epoch):
+                self._latest[account] = v
+                self._tree.set(kt.index_of(account), v.value)
+            got = self._tree.commit()
+        if got != root:
+            self._latest = await self._store.latest(epoch)
+            self._tree = _tree_of(self._latest)
+            got = self._tree.commit()
+        self._present = set(self._latest or {})
+        self._raw = {}
+        self.epoch, self.root, self.log_index = epoch, root, index
+        self._in_sync = got == root
+        if not self._in_sync:
+            log.warning("key directory: the logged epoch does not rebuild from the database")
+
+    async def publish(self) -> dict[str, Any] | None:
+        """Follow the log, then, on the lease holder, publish an epoch if anything
+        changed. None on a node that does not hold the lease."""
+        async with self._lock:
+            await self._follow()
+            if self._lease is not None and not self._lease.held:
+                return None
+            try:
+                return await self._publish()
+            except Exception:
+                self._reset()
+                raise
+
+    async def _publish(self) -> dict[str, Any]:
+        latest = self._latest if self._latest is not None else {}
+        epoch = self.epoch + 1
+        states = await self._store.key_states()
+        added: list[tuple[str, Version]] = []
+        for account, raw in states.items():
+            current = latest.get(account)
+            if self._raw.get(account) == raw and current is not None:
+                continue
+            self._raw[account] = raw
+            identity, devices, device_list = raw
+            if kt.signed_devices(device_list, identity, account) is None:
+                device_list = b""  # not signed by this identity (e.g. before re-registration)
+            if current is not None and (
+                current.identity_key,
+                current.devices,
+                current.device_list,
+            ) == (identity, devices, device_list):
+                continue
+            number = 1 if current is None else current.version + 1
+            prev = kt.EMPTY if current is None else current.value
+            value = kt.value_hash(account, number, epoch, identity, devices, device_list, prev)
+            v = Version(number, epoch, identity, devices, device_list, prev, value)
+            added.append((account, v))
+            latest[account] = v
+            self._tree.set(kt.index_of(account), value)
+        gone = [a for a in latest if a not in states]
+        for a in gone:
+            latest.pop(a)
+            self._raw.pop(a, None)
+        if gone:  # a deleted account's leaf goes: the tree is what the database rebuilds
+            self._tree = _tree_of(latest)
+        self._latest = latest
+        self._present = set(latest)
+        root = self._tree.commit()
+        size = await self._log.size()
+        if (
+            root != self.root
+            or self.log_index is None
+            or size - self.log_index > MAX_TAIL
+            or added
+            or gone
+        ):
+
+            async def write(conn: AsyncConnection) -> None:
+                if self._lease is not None:
+                    await self._lease.fence(conn)  # a stale leader's epoch never commits
+                await KtStore.write_epoch(conn, added, gone)
+
+            self.log_index = await self._log.append(
+                "kt_epoch", {"epoch": epoch, "root": root.hex(), "size": self._tree.size}, write
+            )
+            self.epoch, self.root, self._in_sync = epoch, root, True
+            self.notify_cluster()
+        return {
+            "epoch": self.epoch,
+            "root": self.root.hex(),
+            "log_index": self.log_index,
+            "changed": len(added),
+        }
 
     async def loop(self, interval_s: float) -> None:
-        """Publish every ``interval_s``, or soon after a key change (the first epoch is
-        published at start-up by the caller). The wake flag is cleared *before* an
-        epoch reads the database, so a change made during an epoch gets the next one."""
+        """Publish (or, off the lease, follow) every ``interval_s``, or soon after a key
+        change (the first epoch is published at start-up by the caller). The wake flag
+        is cleared *before* an epoch reads the database, so a change made during an
+        epoch gets the next one."""
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), interval_s)
@@ -185,14 +244,25 @@ class KtHandler:
                 "lookup": await self._lookup(account_id, since),
             }
 
+    async def _tail(self) -> tuple[TreeHead, list[dict[str, Any]]]:
+        """A signed head and the log entries from the current epoch's to its end."""
+        head = await self._log.head()
+        if self.log_index is None:
+            return head, []
+        return head, await self._log.entries(self.log_index, head.size)
+
     async def _lookup(self, account_id: str, since: int) -> dict[str, Any]:
+        head, tail = await self._tail()
+        if any(e["kind"] == "kt_epoch" for e in tail[1:]):
+            await self._follow()  # another node logged a newer epoch: never answer stale
+            head, tail = await self._tail()
+        if not self._in_sync:
+            raise Unavailable("the key directory is catching up; retry in a few seconds")
         latest = self._latest or {}
         state = latest.get(account_id) if account_id in self._present else None
         found = self._tree.prove(kt.index_of(account_id))
         if state is None or found is None or self.log_index is None or found[0] != state.value:
             raise NotFound("this account is not in the key directory yet")
-        head = await self._log.head()
-        tail = await self._log.entries(self.log_index, head.size)
         return {
             "epoch": self.epoch,
             "root": _e(self.root),
@@ -238,6 +308,13 @@ class KtHandler:
         if not await self._store.put_device_list(account_id, counter, blob):
             raise StaleDeviceList("a newer device list is already stored")
         self.request_epoch()
+
+
+def _tree_of(latest: dict[str, Version]) -> Directory:
+    tree = Directory()
+    for account, v in latest.items():
+        tree.set(kt.index_of(account), v.value)
+    return tree
 
 
 def _version_json(v: Version) -> dict[str, Any]:

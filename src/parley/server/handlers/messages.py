@@ -22,7 +22,7 @@ from parley.errors import BadRequest, Forbidden, NotFound, RemoteProtocolError, 
 from parley.protocol import franking
 from parley.protocol.wire import PreKeyMessage, RatchetMessage, SenderKeyMessage, decode_envelope
 from parley.server.handlers.accounts import AccountsHandler, Principal
-from parley.server.handlers.ratelimit import RateLimiter
+from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 
@@ -41,7 +41,7 @@ class MessagesHandler:
         accounts: AccountsHandler,
         groups: GroupStore,
         queue: MessageQueue,
-        limiter: RateLimiter,
+        limiter: Limiter,
         franking_key: bytes,
         pepper: bytes,
         ttl_ms: int,
@@ -91,7 +91,7 @@ class MessagesHandler:
     async def send_direct(
         self, who: Principal, recipient: str, client_id: str, envelopes: dict[int, bytes]
     ) -> SendResult:
-        self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
         self.check_send(who.account_id)
         key = self._idempotency_key(who, recipient, client_id)
         await self._accounts.account(recipient)
@@ -117,7 +117,7 @@ class MessagesHandler:
     async def send_group(
         self, who: Principal, group_id: str, client_id: str, envelope: bytes
     ) -> SendResult:
-        self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
         self.check_send(who.account_id)
         key = self._idempotency_key(who, "group:" + group_id, client_id)
         members = await self._groups.members(group_id)

@@ -72,7 +72,7 @@ class Standing:
         for account in newly_banned:
             self.on_banned(account)
 
-    async def refresh_loop(self) -> None:
+    async def refresh_loop(self, interval_s: float = REFRESH_S) -> None:
         while True:
             try:
                 await self.refresh()
@@ -80,4 +80,4 @@ class Standing:
                 logging.getLogger(__name__).warning(
                     "standing refresh failed: %s", type(exc).__name__
                 )
-            await asyncio.sleep(REFRESH_S)
+            await asyncio.sleep(interval_s)

@@ -14,7 +14,7 @@ import rfc8785
 
 from parley.crypto.primitives import SigningKey
 from parley.errors import BadRequest
-from parley.server.storage.transparency import TransparencyStore
+from parley.server.storage.transparency import TransparencyStore, Within
 from parley.translog import merkle
 from parley.translog.heads import TreeHead, sign_head
 
@@ -34,16 +34,21 @@ class TransparencyHandler:
 
     async def _sync(self) -> merkle.MerkleLog:
         """Leaves in memory, topped up from the database (another process may append)."""
-        size = await self._store.size()
-        if size > len(self._log):
-            self._log.extend(await self._store.leaf_hashes(len(self._log)))
+        start = len(self._log)
+        if await self._store.size() > start:
+            fresh = await self._store.leaf_hashes(start)
+            # Another request may have topped up meanwhile: add only what is still new.
+            self._log.extend(fresh[len(self._log) - start :])
         return self._log
 
-    async def append(self, kind: str, fields: dict[str, Any]) -> int:
+    async def append(self, kind: str, fields: dict[str, Any], within: Within | None = None) -> int:
         body = canonical({"kind": kind, **fields})
-        index = await self._store.append(kind, body, merkle.leaf_hash(body), self._now())
+        index = await self._store.append(kind, body, merkle.leaf_hash(body), self._now(), within)
         await self._sync()
         return index
+
+    async def size(self) -> int:
+        return len(await self._sync())
 
     async def head(self) -> TreeHead:
         log = await self._sync()

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.server.storage.tables import accounts, devices, kt_device_lists, kt_versions
 
@@ -71,10 +71,11 @@ class KtStore:
             for a, k in identities.items()
         }
 
-    async def latest(self) -> dict[str, Version]:
-        """Each account's latest published version."""
+    async def latest(self, max_epoch: int) -> dict[str, Version]:
+        """Each account's latest version published in an epoch up to ``max_epoch``."""
         newest = (
             select(kt_versions.c.account_id, func.max(kt_versions.c.version).label("version"))
+            .where(kt_versions.c.epoch <= max_epoch)
             .group_by(kt_versions.c.account_id)
             .subquery()
         )
@@ -88,21 +89,41 @@ class KtStore:
             )
             return {r.account_id: _version(r) for r in rows}
 
-    async def add(self, versions: list[tuple[str, Version]]) -> None:
-        async with self._engine.begin() as conn:
-            for account, v in versions:
-                await conn.execute(
-                    insert(kt_versions).values(
-                        account_id=account,
-                        version=v.version,
-                        epoch=v.epoch,
-                        identity_key=v.identity_key,
-                        devices=_devices_text(v.devices),
-                        device_list=v.device_list,
-                        prev=v.prev,
-                        value_hash=v.value,
-                    )
-                )
+    async def published_between(self, after: int, upto: int) -> list[tuple[str, Version]]:
+        """Versions first published in epochs ``after < epoch <= upto``, in order."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(kt_versions)
+                .where(kt_versions.c.epoch > after, kt_versions.c.epoch <= upto)
+                .order_by(kt_versions.c.epoch, kt_versions.c.version)
+            )
+            return [(r.account_id, _version(r)) for r in rows]
+
+    @staticmethod
+    async def write_epoch(
+        conn: AsyncConnection, added: list[tuple[str, Version]], gone: list[str]
+    ) -> None:
+        """An epoch's changes, in the transaction that logs the epoch."""
+        if gone:
+            for table in (kt_versions, kt_device_lists):
+                await conn.execute(delete(table).where(table.c.account_id.in_(gone)))
+        if added:
+            await conn.execute(
+                insert(kt_versions),
+                [
+                    {
+                        "account_id": account,
+                        "version": v.version,
+                        "epoch": v.epoch,
+                        "identity_key": v.identity_key,
+                        "devices": _devices_text(v.devices),
+                        "device_list": v.device_list,
+                        "prev": v.prev,
+                        "value_hash": v.value,
+                    }
+                    for account, v in added
+                ],
+            )
 
     async def history(self, account: str, since: int, limit: int) -> list[Version]:
         """The versions after ``since``, oldest first (at most ``limit``)."""
@@ -114,14 +135,6 @@ class KtStore:
                 .limit(limit)
             )
             return [_version(r) for r in rows]
-
-    async def forget(self, gone: list[str]) -> None:
-        """Deleted accounts: their versions and device lists go with them."""
-        if not gone:
-            return
-        async with self._engine.begin() as conn:
-            for table in (kt_versions, kt_device_lists):
-                await conn.execute(delete(table).where(table.c.account_id.in_(gone)))
 
     async def identity(self, account: str) -> bytes | None:
         async with self._engine.connect() as conn:

@@ -283,6 +283,18 @@ translog_entries = Table(
     Column("at_ms", BigInteger, nullable=False),
 )
 
+# Singleton work (key-directory epochs, maintenance, notices) runs on one node at
+# a time: the holder of the named lease. ``token`` grows at every change of hands
+# and fences the holder's writes (storage/leases.py).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(32), nullable=False),
+    Column("token", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+)
+
 authorities = Table(
     "authorities",
     metadata,

@@ -1,26 +1,46 @@
-"""The transparency log's entries (append-only by construction: no update or delete path)."""
+"""The transparency log's entries (append-only by construction: no update or delete path).
+
+Several nodes may append at once: on PostgreSQL every append first takes one
+transaction-scoped advisory lock, so appends are serialised on the head (the
+next index is read and written under it); SQLite has one writer anyway, and a
+unique ``seq`` refuses a second entry at an index in both.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from parley.server.storage.tables import translog_entries
+
+LOG_LOCK = 0x7061726C  # "parl": the advisory lock serialising appends on PostgreSQL
+Within = Callable[[AsyncConnection], Awaitable[None]]
 
 
 class TransparencyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def append(self, kind: str, body: bytes, leaf_hash: bytes, now_ms: int) -> int:
-        """Append at the next index (retried if another writer took it first)."""
+    async def append(
+        self, kind: str, body: bytes, leaf_hash: bytes, now_ms: int, within: Within | None = None
+    ) -> int:
+        """Append at the next index (retried if another writer took it first).
+        ``within`` runs first in the same transaction: writes that must commit
+        with the entry or not at all (a key-directory epoch and its fence)."""
         for _ in range(20):
             try:
                 async with self._engine.begin() as conn:
+                    if conn.dialect.name == "postgresql":
+                        await conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOG_LOCK}
+                        )
+                    if within is not None:
+                        await within(conn)
                     count = (
                         await conn.execute(select(func.count()).select_from(translog_entries))
                     ).scalar_one()
