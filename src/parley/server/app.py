@@ -288,7 +288,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         state.update(queue=queue, handlers=handlers, engine=engine)
         tasks: list[asyncio.Task[Any]] = []
         kt_handler = KtHandler(
-            KtStore(engine), staff_side.transparency, now_ms, lease if cluster else None
+            KtStore(engine), staff_side.transparency, now_ms, lease if cluster is not None else None
         )
         if cluster is not None:
             cluster.on_account_changed = accounts.forget_account
@@ -311,7 +311,9 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         tasks.append(asyncio.create_task(db.checkpoint_loop(engine)))
         # With signals, standing changes are pushed; the poll stays as a safety net
         # for changes made by parley-admin straight in the database.
-        tasks.append(asyncio.create_task(standing.refresh_loop(10.0 if cluster else 1.0)))
+        tasks.append(
+            asyncio.create_task(standing.refresh_loop(10.0 if cluster is not None else 1.0))
+        )
         with contextlib.suppress(Exception):
             await kt_handler.publish()  # an epoch failing here is retried by the loop
         state["kt"] = kt_handler
