@@ -29,8 +29,12 @@ is answered by one JSON line on stdout. Phases:
   then sends the next. Deliveries between ``warm`` and ``end`` are counted.
 - ``rate``: messages are offered at a fixed rate, round robin over the pairs,
   from ``start`` to ``end``; messages sent between ``warm`` and ``end`` give
-  the latencies (after a drain of at most ``drain`` seconds), deliveries
-  between ``warm`` and ``end`` give the delivered rate.
+  the latencies, deliveries between ``warm`` and ``end`` the delivered rate.
+
+After either, the generator waits until everything it sent has arrived (at
+most ``drain`` seconds, or 5 s without progress), so that no backlog spills
+into the next phase; ``undelivered`` counts what had not arrived by then and
+``stale`` what arrived during a phase but was sent in an earlier one.
 """
 
 from __future__ import annotations
@@ -90,19 +94,17 @@ class Engine:
     def __init__(self) -> None:
         self.links: list[Link] = []
         self.phase: Phase | None = None
-        self.outstanding: list[int] = []
         self.seq: list[int] = []
-        self.stale = 0
+        self.in_transit = 0  # sent, neither delivered nor refused yet, whatever the phase
 
     def add(self, link: Link) -> int:
         self.links.append(link)
-        self.outstanding.append(0)
         self.seq.append(0)
         return len(self.links) - 1
 
     def _send(self, pair: int, phase: Phase, now: float) -> None:
         self.seq[pair] += 1
-        self.outstanding[pair] += 1
+        self.in_transit += 1
         phase.sent += 1
         if phase.warm <= now < phase.end:
             phase.sent_in_window += 1
@@ -110,11 +112,12 @@ class Engine:
 
     def delivered(self, pair: int, phase_number: int, sent: float) -> None:
         now = monotonic()
+        self.in_transit -= 1
         phase = self.phase
         if phase is None or phase_number != phase.number:
-            self.stale += 1
+            if phase is not None:
+                phase.stale += 1  # left over from an earlier phase
             return
-        self.outstanding[pair] -= 1
         if phase.closed:
             if phase.warm <= now <= phase.end:
                 phase.delivered_in_window += 1
@@ -130,29 +133,27 @@ class Engine:
 
     def failed(self, pair: int) -> None:
         """The server refused a message (it will never be delivered)."""
+        self.in_transit -= 1
         phase = self.phase
         if phase is None:
             return
         phase.errors += 1
-        self.outstanding[pair] -= 1
         now = monotonic()
         if phase.closed and now < phase.end:
             self._send(pair, phase, now)
 
-    async def _drain(self, phase: Phase, limit: float) -> None:
+    async def _drain(self, limit: float) -> None:
+        """Wait until everything sent has arrived: at most ``limit`` s, or 5 s without progress."""
         deadline = monotonic() + limit
-        last, last_change = -1, monotonic()
-        while sum(self.outstanding) > 0 and monotonic() < deadline:
-            left = sum(self.outstanding)
-            if left != last:
-                last, last_change = left, monotonic()
-            elif monotonic() - last_change > 3.0:
-                break  # no progress for 3 s: what is still missing is lost
+        last, last_change = self.in_transit, monotonic()
+        while self.in_transit > 0 and monotonic() < deadline:
+            if self.in_transit < last:
+                last, last_change = self.in_transit, monotonic()
+            elif monotonic() - last_change > 5.0:
+                break
             await asyncio.sleep(0.01)
 
     async def run_phase(self, cmd: dict[str, Any], number: int) -> dict[str, Any]:
-        for i in range(len(self.outstanding)):
-            self.outstanding[i] = 0
         phase = Phase(
             number,
             cmd["cmd"] == "closed",
@@ -172,7 +173,7 @@ class Engine:
             await asyncio.sleep(max(0.0, phase.end - monotonic()))
         else:
             await self._pace(phase)
-        await self._drain(phase, float(cmd.get("drain", 10.0)))
+        await self._drain(float(cmd.get("drain", 10.0)))
         window = phase.end - phase.warm
         return {
             "seconds": round(window, 3),
@@ -180,9 +181,9 @@ class Engine:
             "sent_in_window": phase.sent_in_window,
             "delivered_in_window": phase.delivered_in_window,
             "delivered_of_window": phase.delivered_of_window,
-            "undelivered": sum(max(0, n) for n in self.outstanding),
+            "undelivered": self.in_transit,
             "errors": phase.errors,
-            "stale": self.stale,
+            "stale": phase.stale,
             "latencies_ms": [round(x * 1000, 3) for x in phase.latencies],
         }
 

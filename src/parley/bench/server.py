@@ -17,8 +17,12 @@ websocket client for Parley, ``parley.bench.xmpp`` for XMPP):
 - ``closed``: each pair keeps 10 messages in flight (sent and not yet
   received); 3 s warm-up, then a 20 s measuring window (quick: 1 s and 5 s).
 - ``rate_2k`` and ``rate_10k``: 2,000 and 10,000 messages/s offered, round
-  robin over the pairs; 2 s warm-up, 10 s window, up to 15 s to drain
-  (quick: 1 s, 3 s, 5 s). Latency is send-to-receive on one monotonic clock.
+  robin over the pairs; 2 s warm-up, 10 s window (quick: 1 s, 3 s). Latency
+  is send-to-receive on one monotonic clock.
+- After each phase the generator waits for everything sent to arrive (at
+  most 30 s after ``closed``, 90 s after a rate phase, quick: 20 s; or 5 s
+  without progress), so an overloaded server's backlog does not spill into
+  the next phase.
 
 Each server is configured by the benchmark in a temporary directory, on
 free loopback ports, without traffic shaping or rate limits (see
@@ -102,8 +106,8 @@ class Windows:
     drain: float
 
 
-FULL = Windows(3.0, 20.0, 2.0, 10.0, 15.0)
-QUICK = Windows(1.0, 5.0, 1.0, 3.0, 5.0)
+FULL = Windows(3.0, 20.0, 2.0, 10.0, 90.0)
+QUICK = Windows(1.0, 5.0, 1.0, 3.0, 20.0)
 
 
 # --- servers under test -----------------------------------------------------------------
@@ -433,6 +437,8 @@ def _phase(
         "p50_ms": _pct(lat, 0.5),
         "p99_ms": _pct(lat, 0.99),
         "errors": sum(a["errors"] for a in answers),
+        "undelivered": sum(a["undelivered"] for a in answers),
+        "stale": sum(a["stale"] for a in answers),
         "server_cpu_pct": round(100 * d["server"] / wall, 1),
         "generator_cpu_pct": round(100 * d["generator"] / wall, 1),
         "machine_cpu_pct": round(100 * d["machine"] / (wall * cores), 1),
@@ -448,6 +454,14 @@ def _phase(
         )
     out["contaminated"] = out["outside_cpu_pct"] > CONTAMINATION_PCT
     return out
+
+
+def _brief(phase: dict[str, Any]) -> str:
+    keys = [
+        *("delivered_per_s", "offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct"),
+        *("generator_cpu_pct", "outside_cpu_pct", "undelivered", "stale"),
+    ]
+    return ", ".join(f"{k}={phase[k]}" for k in keys if k in phase)
 
 
 def _measure(
@@ -473,7 +487,7 @@ def _measure(
         plan = [
             (
                 "closed",
-                {"cmd": "closed", "in_flight": IN_FLIGHT, "drain": 10.0},
+                {"cmd": "closed", "in_flight": IN_FLIGHT, "drain": min(30.0, windows.drain)},
                 windows.closed_warm,
                 windows.closed,
             ),
@@ -491,11 +505,11 @@ def _measure(
         retries: list[dict[str, Any]] = []
         for name, cmd, warm, window in plan:
             result = _phase(target, gens, cmd, warm, window)
-            log(f"  {name}: {result}")
+            log(f"  {name}: {_brief(result)}")
             if result["contaminated"]:
                 retries.append({"phase": name, **result})
                 result = _phase(target, gens, cmd, warm, window)
-                log(f"  {name} (retry): {result}")
+                log(f"  {name} (retry): {_brief(result)}")
             phases[name] = result
     finally:
         for g in gens:
