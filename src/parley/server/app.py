@@ -41,6 +41,7 @@ from parley.server.fanout.cluster import ClusterFanout
 from parley.server.fanout.local import LocalFanout
 from parley.server.handlers.accounts import AccountsHandler
 from parley.server.handlers.attachments import AttachmentsHandler
+from parley.server.handlers.delivery import Deliveries
 from parley.server.handlers.groups import GroupsHandler
 from parley.server.handlers.keys import KeysHandler
 from parley.server.handlers.kt import KtHandler
@@ -256,7 +257,6 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             engine, groups_store, blobs, local_limits, franking_key, pepper, config
         )
         moderation, reports_handler = staff_side.moderation, staff_side.reports
-        notices = staff_side.notices
         standing = Standing(StatusStore(engine), now_ms)
         standing.on_banned = fanout.disconnect_account
         accounts.check_login = standing.check_login
@@ -270,19 +270,20 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
 
         moderation.on_status_changed = status_changed
         await standing.refresh()
-        app.include_router(build_admin_router(accounts, reports_handler, moderation, notices))
+        app.include_router(build_admin_router(accounts, reports_handler, moderation))
         app.include_router(
             build_public_router(
                 staff_side.transparency,
                 staff_side.legal,
-                staff_side.legal_store,
                 moderation,
                 now_ms,
             )
         )
         app.add_api_websocket_route(
             "/v1/websocket",
-            websocket_endpoint(accounts, handlers.messages, queue, fanout, config.delivery_window),
+            websocket_endpoint(
+                accounts, handlers.messages, Deliveries(queue, config.delivery_window, fanout)
+            ),
         )
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)

@@ -29,16 +29,15 @@ from parley.errors import ApiError, BadRequest
 from parley.server.api import edge
 from parley.server.api.routes import client_ip
 from parley.server.api.schemas import b64
-from parley.server.fanout.local import LocalFanout
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.delivery import (
     CLOSE_INVALID_DATA,
     CLOSE_POLICY,
+    Deliveries,
     DeliverySession,
     FrameError,
 )
 from parley.server.handlers.messages import MessagesHandler
-from parley.server.storage.queue import MessageQueue
 
 MAX_REQUESTS_IN_FLIGHT = 64
 MAX_ENVELOPE_B64 = 400_000
@@ -156,9 +155,7 @@ class _Connection:
 def websocket_endpoint(
     accounts: AccountsHandler,
     messages: MessagesHandler,
-    queue: MessageQueue,
-    fanout: LocalFanout,
-    window: int,
+    deliveries: Deliveries,
 ) -> Callable[[WebSocket], Awaitable[None]]:
     async def endpoint(websocket: WebSocket) -> None:
         try:
@@ -169,10 +166,9 @@ def websocket_endpoint(
             await websocket.close(CLOSE_POLICY)
             return
         await websocket.accept()
-        session = DeliverySession(
-            who.account_id, who.device_id, queue, StarletteTransport(websocket), window
+        session = await deliveries.open(
+            who.account_id, who.device_id, StarletteTransport(websocket)
         )
-        await fanout.register(session)
         pusher = asyncio.create_task(session.run())
         connection = _Connection(websocket, who, messages, session)
         try:
@@ -182,7 +178,7 @@ def websocket_endpoint(
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            fanout.unregister(session)
+            deliveries.close(session)
             await connection.drain()
             session.close_soon(1000)
             with contextlib.suppress(Exception):

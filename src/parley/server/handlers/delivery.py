@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from parley.server.fanout.local import LocalFanout
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 
 CLOSE_INVALID_DATA = 1007
@@ -248,3 +249,21 @@ class DeliverySession:
         for row in self._buffer:
             self._add(row)
         self._buffer = []
+
+
+class Deliveries:
+    """Push sessions: opened for a connected device and registered with the fan-out
+    (which replaces an older connection of the same device, here or on another node)."""
+
+    def __init__(self, queue: MessageQueue, window: int, fanout: LocalFanout) -> None:
+        self._queue = queue
+        self._window = window
+        self._fanout = fanout
+
+    async def open(self, account_id: str, device_id: int, transport: Transport) -> DeliverySession:
+        session = DeliverySession(account_id, device_id, self._queue, transport, self._window)
+        await self._fanout.register(session)
+        return session
+
+    def close(self, session: DeliverySession) -> None:
+        self._fanout.unregister(session)

@@ -165,25 +165,31 @@ class MessageQueue:
             rows = [row for op in accepted for row in op.rows]
             committed: list[QueuedMessage] = []
             if rows:
+                # One multi-row INSERT per batch (insertmanyvalues): RETURNING without
+                # parameter order lets SQLAlchemy batch on SQLite too; ids are matched
+                # back by guid, and the rows handed on are put in id order.
                 result = await conn.execute(
-                    insert(messages).returning(messages.c.id, sort_by_parameter_order=True), rows
+                    insert(messages).returning(messages.c.id, messages.c.guid), rows
                 )
-                ids = [r.id for r in result]
-                committed = [
-                    QueuedMessage(
-                        i,
-                        r["guid"],
-                        r["account_id"],
-                        r["device_id"],
-                        r["sender_account"],
-                        r["sender_device"],
-                        r["group_id"],
-                        r["envelope"],
-                        r["franking_tag"],
-                        r["server_ms"],
-                    )
-                    for i, r in zip(ids, rows, strict=True)
-                ]
+                ids = {r.guid: r.id for r in result}
+                committed = sorted(
+                    (
+                        QueuedMessage(
+                            ids[r["guid"]],
+                            r["guid"],
+                            r["account_id"],
+                            r["device_id"],
+                            r["sender_account"],
+                            r["sender_device"],
+                            r["group_id"],
+                            r["envelope"],
+                            r["franking_tag"],
+                            r["server_ms"],
+                        )
+                        for r in rows
+                    ),
+                    key=lambda m: m.id,
+                )
             # Sessions accept acks only for guids they pushed to that device, and
             # guids are random UUIDs, so deleting by guid touches only the owner's queue.
             guids = [g for op in deletes for g in op.guids]
