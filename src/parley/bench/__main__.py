@@ -26,13 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--generators", type=int, default=2, help="server: load-generator processes (default 2)"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="protocol: interleaved rounds (at least 5)"
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON object")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (smoke run)")
     args = parser.parse_args(argv)
     if args.suite == "protocol":
         from parley.bench.protocol import run
 
-        result = run(quick=args.quick)
+        result = run(quick=args.quick, rounds=args.rounds)
     elif args.suite == "kt":
         from parley.bench.kt import run as run_kt
 

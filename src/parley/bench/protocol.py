@@ -1,6 +1,8 @@
 """Protocol benchmark: Parley's core side by side with vodozemac (Olm/Megolm).
 
-All figures are measured in one process, one run, 200-byte messages:
+All figures are measured in one process, 200-byte messages, in interleaved
+rounds (Parley round 1, vodozemac round 1, Parley round 2, ...; at least 5,
+``ROUNDS``) so that a slow patch of the machine hits both sides alike:
 - ``one_direction_per_s``: encrypt + decrypt pairs per second, one sender, in order;
 - ``ping_pong_per_s``: round trips per second (A->B then B->A), so every
   message carries a new ratchet key and costs a DH ratchet step;
@@ -12,6 +14,11 @@ All figures are measured in one process, one run, 200-byte messages:
 Parley's messages include franking (a fresh key, a commitment and its check),
 which Olm/Megolm do not do. ``floor_us`` gives the primitives' cost on this
 machine, which bounds what any Python implementation on pyca can reach.
+
+Keys: ``parley`` and ``vodozemac`` hold each metric's median over the rounds;
+``ratio`` the median of the per-round ratios (parley / vodozemac),
+``ratio_min`` and ``ratio_max`` their range; ``rounds`` the per-round figures
+(``{"parley", "vodozemac", "ratio"}`` each); ``rounds_run`` their number.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import os
 import platform
 import secrets
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +46,8 @@ from parley.protocol.wire import Content, PreKeyMessage
 TEXT = "x" * 200
 PLAIN = TEXT.encode()
 rng = secrets.token_bytes
+ROUNDS = 5
+COMPARED = ("one_direction", "ping_pong", "group")
 
 
 def _rate(fn: Callable[[], object], count: int) -> float:
@@ -162,27 +172,57 @@ def floor_us(count: int) -> dict[str, float]:
     }
 
 
-def run(*, quick: bool = False) -> dict[str, Any]:
-    n = 2_000 if quick else 20_000
-    parley = {
+def parley_rates(n: int) -> dict[str, float]:
+    return {
         "one_direction_per_s": parley_one_direction(n),
         "ping_pong_per_s": parley_ping_pong(n // 4),
         "group_per_s": parley_group(n // 2),
         "pqxdh_setups_per_s": parley_pqxdh(n // 10),
     }
-    vz = vodozemac_rates(n)
-    ratio = (
-        {
-            k: parley[f"{k}_per_s"] / vz[f"{k}_per_s"]
-            for k in ("one_direction", "ping_pong", "group")
-        }
-        if vz
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run(*, quick: bool = False, rounds: int = ROUNDS) -> dict[str, Any]:
+    rounds = max(rounds, ROUNDS)
+    n = 1_000 if quick else 10_000
+    per_round: list[dict[str, Any]] = []
+    for _ in range(rounds):
+        parley = parley_rates(n)
+        vz = vodozemac_rates(n)
+        ratio = (
+            None if vz is None else {k: parley[f"{k}_per_s"] / vz[f"{k}_per_s"] for k in COMPARED}
+        )
+        per_round.append({"parley": parley, "vodozemac": vz, "ratio": ratio})
+    parley_median = {
+        k: _median([r["parley"][k] for r in per_round]) for k in per_round[0]["parley"]
+    }
+    have_vz = per_round[0]["vodozemac"] is not None
+    vz_median = (
+        {k: _median([r["vodozemac"][k] for r in per_round]) for k in per_round[0]["vodozemac"]}
+        if have_vz
         else None
     )
+    ratios = {k: [r["ratio"][k] for r in per_round] for k in COMPARED} if have_vz else None
     return {
-        "parley": {k: round(v, 1) for k, v in parley.items()},
-        "vodozemac": None if vz is None else {k: round(v, 1) for k, v in vz.items()},
-        "ratio": None if ratio is None else {k: round(v, 3) for k, v in ratio.items()},
+        "parley": {k: round(v, 1) for k, v in parley_median.items()},
+        "vodozemac": None if vz_median is None else {k: round(v, 1) for k, v in vz_median.items()},
+        "ratio": None if ratios is None else {k: round(_median(v), 3) for k, v in ratios.items()},
+        "ratio_min": None if ratios is None else {k: round(min(v), 3) for k, v in ratios.items()},
+        "ratio_max": None if ratios is None else {k: round(max(v), 3) for k, v in ratios.items()},
+        "rounds_run": rounds,
+        "rounds": [
+            {
+                side: None
+                if r[side] is None
+                else {k: round(v, 3 if side == "ratio" else 1) for k, v in r[side].items()}
+                for side in ("parley", "vodozemac", "ratio")
+            }
+            for r in per_round
+        ],
+        "iterations_per_round": n,
         "targets": {
             "one_direction": 0.5,
             "ping_pong": 0.8,
