@@ -10,6 +10,7 @@ from typing import Any
 from parley.server.handlers.delivery import DeliverySession
 from parley.server.storage import db
 from parley.server.storage.queue import MessageQueue, QueuedMessage
+from parley.server.storage.tables import messages
 
 
 class Recorder:
@@ -105,6 +106,52 @@ async def test_rows_committed_during_a_backlog_read_are_not_skipped(tmp_path: Pa
     await asyncio.sleep(0.2)
     pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
     assert pushed == [f"g{i}" for i in range(40)]
+    session.close_soon(1000)
+    await runner
+    await queue.close()
+
+
+async def test_a_row_committed_elsewhere_with_a_lower_id_is_pushed_when_signalled(
+    tmp_path: Path,
+) -> None:
+    """With several writers (cluster nodes) a row can commit after a row with a higher
+    id was pushed: the signal from the other node makes the session read the queue
+    from the front, so the row is pushed (a cursor at the highest id would skip it)."""
+    queue, session, recorder, _ = await _setup(tmp_path)
+    runner = asyncio.create_task(session.run())
+    await asyncio.sleep(0.05)
+    await queue.enqueue([_row(0)], None, 1)  # id 1
+    await asyncio.sleep(0.05)
+    await session.on_frame(json.dumps({"type": "ack", "ids": ["g0"]}))
+    await asyncio.sleep(0.05)  # deleted: id 1 is free
+    await queue.enqueue([_row(1)], None, 1)  # this node's commit (id 2), offered live
+    await asyncio.sleep(0.05)
+    late = {**_row(2), "id": 1}  # another node's commit, with an id it took earlier
+    async with queue._engine.begin() as conn:  # noqa: SLF001 - the other node's writer
+        await conn.execute(messages.insert().values(late))
+    session.available()
+    await asyncio.sleep(0.1)
+    pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert pushed == ["g0", "g1", "g2"]
+    session.close_soon(1000)
+    await runner
+    await queue.close()
+
+
+async def test_an_ack_during_a_read_is_not_pushed_again(tmp_path: Path) -> None:
+    queue, session, recorder, _ = await _setup(tmp_path)
+    await queue.enqueue([_row(i) for i in range(5)], None, 1)
+    runner = asyncio.create_task(session.run())
+    await asyncio.sleep(0.1)
+    pushed = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert pushed == [f"g{i}" for i in range(5)]
+    for _ in range(20):  # passes and acks interleave; nothing acked comes back
+        session.available()
+        await session.on_frame(json.dumps({"type": "ack", "ids": pushed[:1]}))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    again = [f["id"] for f in recorder.frames if f["type"] == "message"]
+    assert again == pushed
     session.close_soon(1000)
     await runner
     await queue.close()
