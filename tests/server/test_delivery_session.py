@@ -127,7 +127,7 @@ async def test_a_row_committed_elsewhere_with_a_lower_id_is_pushed_when_signalle
     await queue.enqueue([_row(1)], None, 1)  # this node's commit (id 2), offered live
     await asyncio.sleep(0.05)
     late = {**_row(2), "id": 1}  # another node's commit, with an id it took earlier
-    async with queue._engine.begin() as conn:  # noqa: SLF001 - the other node's writer
+    async with queue._engine.begin() as conn:  # the other node's writer
         await conn.execute(messages.insert().values(late))
     session.available()
     await asyncio.sleep(0.1)
