@@ -21,12 +21,12 @@ every route live here, once.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
+import orjson
 from fastapi import Path, Query, Request, Response
 from fastapi.routing import APIRoute
 
@@ -51,26 +51,6 @@ def _refuse(message: str) -> BadRequest:
     return BadRequest(message, "invalid_request")
 
 
-def _int(text: str) -> int:
-    if len(text) > 20:  # also keeps int() away from 4,300-digit strings
-        raise _refuse("an integer is out of range (signed 64 bits)")
-    value = int(text)
-    if not MIN_INT <= value <= MAX_INT:
-        raise _refuse("an integer is out of range (signed 64 bits)")
-    return value
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise _refuse("a number is out of range")
-    return value
-
-
-def _constant(name: str) -> Any:
-    raise _refuse(f"{name} is not JSON")
-
-
 def check_text(value: str, any_character: bool = False) -> None:
     """``BadRequest`` for a lone surrogate, or a NUL unless ``any_character``."""
     if _SURROGATE.search(value):
@@ -80,34 +60,51 @@ def check_text(value: str, any_character: bool = False) -> None:
 
 
 def _walk(value: Any) -> None:
+    """The rules orjson does not apply itself: NUL, integer range, depth. (orjson
+    refuses invalid UTF-8, lone surrogates, raw or escaped, and NaN/Infinity; it
+    reads an integer past 64 bits as a float, so an integral float out of range
+    is refused too: a lax integer field would otherwise take it.)"""
     stack: list[tuple[Any, int, bool]] = [(value, 1, False)]
     while stack:
         item, depth, any_character = stack.pop()
-        if isinstance(item, str):
-            check_text(item, any_character)
-        elif isinstance(item, dict | list):
+        kind = type(item)
+        if kind is dict or kind is list:
             if depth > MAX_DEPTH:
                 raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep")
-            if isinstance(item, dict):
+            if kind is dict:
                 for key, child in item.items():
-                    check_text(key)
+                    if "\x00" in key:
+                        raise _refuse("strings may not contain NUL characters")
                     stack.append((child, depth + 1, key in ANY_CHARACTER_KEYS))
             else:
                 stack.extend((child, depth + 1, False) for child in item)
+        else:
+            _scalar(item, kind, any_character)
+
+
+def _scalar(item: Any, kind: type, any_character: bool) -> None:
+    if kind is str:
+        if not any_character and "\x00" in item:
+            raise _refuse("strings may not contain NUL characters")
+    elif kind is int:
+        if not MIN_INT <= item <= MAX_INT:
+            raise _refuse("an integer is out of range (signed 64 bits)")
+    elif kind is float and (not math.isfinite(item) or abs(item) > MAX_INT):
+        raise _refuse("a number is out of range")
 
 
 def loads(data: str | bytes) -> Any:
     """Decode JSON from a request or frame; ``BadRequest`` for anything outside the
-    rules in the module docstring."""
+    rules in the module docstring. orjson decodes (about 10x faster than ``json``
+    with hooks, which matters per websocket frame); ``_walk`` adds the rest."""
     try:
-        text = data.decode() if isinstance(data, bytes) else data
-    except UnicodeDecodeError as exc:
-        raise _refuse("JSON must be UTF-8") from exc
-    try:
-        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
-    except RecursionError as exc:
-        raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep") from exc
-    except ValueError as exc:  # JSONDecodeError, and int() limits
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc)
+        if "UTF-8" in reason or "surrogate" in reason:
+            raise _refuse("JSON must be UTF-8 with no lone surrogate") from exc
+        if "depth" in reason:
+            raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep") from exc
         raise _refuse("not valid JSON") from exc
     _walk(value)
     return value
