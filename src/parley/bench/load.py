@@ -67,9 +67,9 @@ monotonic = time.monotonic
 
 
 class Link(Protocol):
-    """One pair: its sender sends one message to its receiver."""
+    """One pair: its sender sends one message to its receiver (False: its connection is gone)."""
 
-    def send(self, phase: int, seq: int, now: float) -> None: ...
+    def send(self, phase: int, seq: int, now: float) -> bool: ...
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Phase:
     delivered_of_window: int = 0
     errors: int = 0
     stale: int = 0
+    unsendable: int = 0
 
 
 class Engine:
@@ -96,6 +97,7 @@ class Engine:
         self.phase: Phase | None = None
         self.seq: list[int] = []
         self.in_transit = 0  # sent, neither delivered nor refused yet, whatever the phase
+        self.connections: list[Any] = []  # with .lost and .close_code
 
     def add(self, link: Link) -> int:
         self.links.append(link)
@@ -108,7 +110,9 @@ class Engine:
         phase.sent += 1
         if phase.warm <= now < phase.end:
             phase.sent_in_window += 1
-        self.links[pair].send(phase.number, self.seq[pair], now)
+        if not self.links[pair].send(phase.number, self.seq[pair], now):
+            self.in_transit -= 1
+            phase.unsendable += 1
 
     def delivered(self, pair: int, phase_number: int, sent: float) -> None:
         now = monotonic()
@@ -183,6 +187,9 @@ class Engine:
             "delivered_of_window": phase.delivered_of_window,
             "undelivered": self.in_transit,
             "errors": phase.errors,
+            "unsendable": phase.unsendable,
+            "connections_lost": sum(1 for c in self.connections if c.lost),
+            "close_codes": sorted({c.close_code for c in self.connections if c.close_code}),
             "stale": phase.stale,
             "latencies_ms": [round(x * 1000, 3) for x in phase.latencies],
         }
@@ -219,6 +226,8 @@ class WsClient(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.on_text: Callable[[str], None] = lambda _text: None
         self._fragments: list[bytes] = []
+        self.lost = False
+        self.close_code = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -236,6 +245,7 @@ class WsClient(asyncio.Protocol):
         transport.write(("\r\n".join(lines) + "\r\n\r\n").encode())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if not self.upgraded.done():
             self.upgraded.set_exception(WsError(f"connection lost before the upgrade: {exc}"))
         if not self.closed.done():
@@ -289,14 +299,17 @@ class WsClient(asyncio.Protocol):
                 if parts and parts[0] != b"binary":
                     self.on_text(b"".join(parts).decode())
         elif opcode == 8:
+            if len(payload) >= 2:
+                self.close_code = int.from_bytes(payload[:2], "big")
             self._write(8, payload[:2])
             assert self.transport is not None
             self.transport.close()
         elif opcode == 9:
             self._write(10, payload)
 
-    def _write(self, opcode: int, payload: bytes) -> None:
-        assert self.transport is not None
+    def _write(self, opcode: int, payload: bytes) -> bool:
+        if self.transport is None or self.transport.is_closing():
+            return False
         n = len(payload)
         if n < 126:
             head = bytes((0x80 | opcode, 0x80 | n))
@@ -310,9 +323,10 @@ class WsClient(asyncio.Protocol):
             n, "little"
         )
         self.transport.write(head + mask + masked)
+        return True
 
-    def send_text(self, text: str) -> None:
-        self._write(1, text.encode())
+    def send_text(self, text: str) -> bool:
+        return self._write(1, text.encode())
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -438,11 +452,11 @@ class ParleyLink:
         sender.on_text = self._sender_frame
         receiver.on_text = self._receiver_frame
 
-    def send(self, phase: int, seq: int, now: float) -> None:
+    def send(self, phase: int, seq: int, now: float) -> bool:
         _STAMP.pack_into(self.template, _RATCHET_CT, now, phase, seq)
         self.request += 1
         envelope = base64.b64encode(self.template).decode()
-        self.sender.send_text(
+        return self.sender.send_text(
             f'{{"type":"send","request_id":{self.request},"to":"{self.to}",'
             f'"client_id":"{self.tag}-{phase}-{seq}",'
             f'"messages":[{{"device_id":1,"envelope":"{envelope}"}}]}}'
@@ -489,6 +503,7 @@ async def parley_setup(
         r = await parley_socket(receiver_url, receiver)
         sockets += [s, r]
         ParleyLink(engine, s, r, receiver.account_id, f"{tag}{first + i}")
+    engine.connections = sockets
     return sockets
 
 
@@ -503,9 +518,9 @@ class XmppLink:
         self.pair = engine.add(self)
         self.head = ("<message type='chat' to=" + quoteattr(to_jid) + "><body>").encode()
 
-    def send(self, phase: int, seq: int, now: float) -> None:
+    def send(self, phase: int, seq: int, now: float) -> bool:
         body = f"{phase} {seq} {now!r} ".ljust(BODY_BYTES, "x").encode()
-        self.sender.write(self.head + body + b"</body></message>")
+        return bool(self.sender.write(self.head + body + b"</body></message>"))
 
     def on_body(self, text: str) -> None:
         phase, _seq, sent, _pad = text.split(" ", 3)
@@ -533,6 +548,7 @@ async def xmpp_setup(engine: Engine, host: str, port: int, first: int, pairs: in
         link = XmppLink(engine, sender, receiver.jid)
         receiver.on_body = link.on_body
         sender.on_error = link.on_error
+    engine.connections = clients
     return clients
 
 

@@ -20,7 +20,7 @@ websocket client for Parley, ``parley.bench.xmpp`` for XMPP):
   robin over the pairs; 2 s warm-up, 10 s window (quick: 1 s, 3 s). Latency
   is send-to-receive on one monotonic clock.
 - After each phase the generator waits for everything sent to arrive (at
-  most 30 s after ``closed``, 90 s after a rate phase, quick: 20 s; or 5 s
+  most 30 s after ``closed``, 60 s after a rate phase, quick: 20 s; or 5 s
   without progress), so an overloaded server's backlog does not spill into
   the next phase.
 
@@ -50,7 +50,8 @@ Keys per server (the figures of the ``closed`` phase unless named):
   the machine marks the phase contaminated, and it is run once more: the
   reported figures are the second run's, ``retries`` keeps the first, and
   ``contaminated`` says whether any reported phase still was;
-- ``errors`` (sends the server refused), ``phases`` (per-phase detail).
+- ``errors`` (sends the server refused), ``phases`` (per-phase detail, with
+  ``undelivered``, ``unsendable`` and ``connections_lost`` and the close codes).
 
 Top level: ``parley``, each peer, ``parley_cluster`` (when asked for),
 ``ratio`` (``parley.delivered_per_s / peer.delivered_per_s``), ``machine``.
@@ -106,7 +107,7 @@ class Windows:
     drain: float
 
 
-FULL = Windows(3.0, 20.0, 2.0, 10.0, 90.0)
+FULL = Windows(3.0, 20.0, 2.0, 10.0, 60.0)
 QUICK = Windows(1.0, 5.0, 1.0, 3.0, 20.0)
 
 
@@ -438,6 +439,9 @@ def _phase(
         "p99_ms": _pct(lat, 0.99),
         "errors": sum(a["errors"] for a in answers),
         "undelivered": sum(a["undelivered"] for a in answers),
+        "unsendable": sum(a["unsendable"] for a in answers),
+        "connections_lost": sum(a["connections_lost"] for a in answers),
+        "close_codes": sorted({c for a in answers for c in a["close_codes"]}, key=str),
         "stale": sum(a["stale"] for a in answers),
         "server_cpu_pct": round(100 * d["server"] / wall, 1),
         "generator_cpu_pct": round(100 * d["generator"] / wall, 1),
@@ -459,7 +463,7 @@ def _phase(
 def _brief(phase: dict[str, Any]) -> str:
     keys = [
         *("delivered_per_s", "offered_per_s", "p50_ms", "p99_ms", "server_cpu_pct"),
-        *("generator_cpu_pct", "outside_cpu_pct", "undelivered", "stale"),
+        *("generator_cpu_pct", "outside_cpu_pct", "undelivered", "stale", "connections_lost"),
     ]
     return ", ".join(f"{k}={phase[k]}" for k in keys if k in phase)
 
@@ -569,9 +573,16 @@ def _machine(generators: int) -> dict[str, Any]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    commit = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
+        "parley_commit": commit or None,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -593,6 +604,7 @@ def run(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     windows = QUICK if quick else FULL
+    generators = max(1, min(generators, PAIRS))
     say = log or (lambda _msg: None)
     peers = peers or []
     for name in peers:

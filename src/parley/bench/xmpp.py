@@ -139,6 +139,8 @@ class XmppClient(asyncio.Protocol):
         self.on_body = on_body
         self.on_error: Callable[[], None] | None = None
         self.jid = ""
+        self.lost = False
+        self.close_code = ""  # the stream error's condition, if the server sent one
         self.transport: asyncio.Transport | None = None
         self.parser = StanzaParser(self._stanza, self._open, self._close)
         self._inbox: asyncio.Queue[Element | None] = asyncio.Queue()
@@ -157,6 +159,7 @@ class XmppClient(asyncio.Protocol):
             self.parser.reset()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self._inbox.put_nowait(None)
         if not self.closed.done():
             self.closed.set_result(None)
@@ -170,6 +173,8 @@ class XmppClient(asyncio.Protocol):
             self.transport.close()
 
     def _stanza(self, element: Element) -> None:
+        if element.name == "stream:error" and element.children:
+            self.close_code = element.children[0].name
         if self._live and element.name == "message":
             if element.attrs.get("type") == "error":
                 if self.on_error is not None:
@@ -185,9 +190,12 @@ class XmppClient(asyncio.Protocol):
             self._inbox.put_nowait(element)
 
     # set-up
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
+    def write(self, data: bytes) -> bool:
+        """Write ``data``; False if the connection is gone."""
+        if self.transport is None or self.transport.is_closing():
+            return False
         self.transport.write(data)
+        return True
 
     async def _next(self, timeout: float = 30) -> Element:
         element = await asyncio.wait_for(self._inbox.get(), timeout)
