@@ -114,3 +114,25 @@ def test_device_lists_verify_only_under_their_owner_and_account() -> None:
     assert kt.signed_devices(b"", identity, "alice") is None
     for bad in (blob[:-1], blob + b"\x00", b"\x00" * 9):
         assert kt.signed_devices(bad, identity, "alice") is None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_removing_leaves_gives_the_tree_built_without_them(seed: int) -> None:
+    rng = random.Random(seed)
+    size = rng.choice([1, 2, 3, 40, 300])
+    tree = Directory()
+    for i in range(size):
+        tree.set(_index(i), _value(f"account-{i}", 1, [1]))
+    tree.commit()
+    gone = set(rng.sample(range(size), rng.randint(1, size)))
+    for i in gone:
+        tree.remove(_index(i))
+    tree.remove(_index(size + 1))  # an index that was never there changes nothing
+    fresh = Directory()
+    for i in range(size):
+        if i not in gone:
+            fresh.set(_index(i), _value(f"account-{i}", 1, [1]))
+    assert tree.commit() == fresh.commit()
+    assert tree.size == fresh.size == size - len(gone)
+    for i in range(size):
+        assert (tree.prove(_index(i)) is None) == (i in gone)

@@ -199,12 +199,7 @@ async def _local(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - o
                 return await aggregate(local.side.transparency, args.quarter)
             case "policy":
                 _require_legal(staff)
-                from parley.server.api.public import publish
-                from parley.server.app import now_ms
-
-                return await publish(
-                    local.side.transparency, local.side.legal_store, _read_text(args.file), now_ms()
-                )
+                return await legal.publish_policy(_read_text(args.file))
         match args.reports_command:
             case "list":
                 return {"reports": await m.list_reports(staff, args.status)}

@@ -282,6 +282,36 @@ class Directory:
                 self.size += 1
         return node
 
+    def remove(self, index: bytes) -> None:
+        """Take an index's leaf out. A subtree left holding one leaf collapses to that
+        leaf, so the tree is exactly the one built without it (the same root)."""
+        if self._root is not None:
+            self._root, removed = self._remove(self._root, index, 0)
+            self.size -= removed
+
+    def _remove(
+        self, node: _Leaf | _Inner, index: bytes, depth: int
+    ) -> tuple[_Leaf | _Inner | None, bool]:
+        if isinstance(node, _Leaf):
+            return (None, True) if node.index == index else (node, False)
+        right = bool(_bit(index, depth))
+        child = node.right if right else node.left
+        if child is None:
+            return node, False
+        child, removed = self._remove(child, index, depth + 1)
+        if not removed:
+            return node, False
+        if right:
+            node.right = child
+        else:
+            node.left = child
+        node.dirty = True
+        if node.left is None and (node.right is None or isinstance(node.right, _Leaf)):
+            return node.right, True
+        if node.right is None and isinstance(node.left, _Leaf):
+            return node.left, True
+        return node, True
+
     def _split(self, a: _Leaf, b: _Leaf, depth: int) -> _Inner:
         inner = _Inner()
         ba, bb = _bit(a.index, depth), _bit(b.index, depth)

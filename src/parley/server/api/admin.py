@@ -12,9 +12,8 @@ from parley.server.api import schemas as s
 from parley.server.api.edge import StrictRoute
 from parley.server.api.schemas import b64
 from parley.server.handlers.accounts import AccountsHandler, Principal
-from parley.server.handlers.moderation import ModerationHandler
+from parley.server.handlers.moderation import ModerationHandler, Staff
 from parley.server.handlers.reports import ReportsHandler, RevealedAttachment, RevealedMessage
-from parley.server.storage.moderation import NoticeStore, Staff
 
 
 def _revealed(m: s.ReportMessageIn) -> RevealedMessage:
@@ -36,7 +35,6 @@ def build_admin_router(
     accounts: AccountsHandler,
     reports: ReportsHandler,
     moderation: ModerationHandler,
-    notices: NoticeStore,
 ) -> APIRouter:
     router = APIRouter(prefix="/v1", route_class=StrictRoute)
 
@@ -67,7 +65,7 @@ def build_admin_router(
     @router.get("/notices", tags=["reports"])
     async def my_notices(who: User) -> s.NoticesOut:
         """Platform notices for this account (each returned once)."""
-        return s.NoticesOut(notices=await notices.take(who.account_id))
+        return s.NoticesOut(notices=await moderation.take_notices(who.account_id))
 
     @router.get("/admin/reports", tags=["admin"])
     async def list_reports(

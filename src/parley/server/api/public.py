@@ -1,21 +1,18 @@
 """Public transparency routes (no credentials) and the staff routes for lawful requests."""
 
-import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
-from parley.errors import BadRequest, NotFound
+from parley.errors import BadRequest
 from parley.server.api.edge import LogIndexQuery, LogSizeQuery, StrictRoute
 from parley.server.api.schemas import Body, b64
 from parley.server.api.schemas import enc as _e
 from parley.server.handlers.legal import LegalHandler
-from parley.server.handlers.moderation import ModerationHandler
+from parley.server.handlers.moderation import ModerationHandler, Staff
 from parley.server.handlers.report_page import aggregate, render_html
 from parley.server.handlers.transparency import TransparencyHandler
-from parley.server.storage.legal import LegalStore
-from parley.server.storage.moderation import Staff
 
 
 class AuthorityIn(Body):
@@ -42,7 +39,6 @@ def current_quarter(ms: int) -> str:
 def build_public_router(
     log: TransparencyHandler,
     legal: LegalHandler,
-    legal_store: LegalStore,
     moderation: ModerationHandler,
     clock: Any,
 ) -> APIRouter:
@@ -105,27 +101,7 @@ def build_public_router(
     @router.get("/v1/policy", tags=["transparency"])
     async def policy() -> dict[str, Any]:
         """The current privacy policy, served only if its hash is in the transparency log."""
-        p = await legal_store.latest_policy()
-        if p is None:
-            raise NotFound("no privacy policy has been published")
-        found = await log.entries(p["log_index"], p["log_index"] + 1)
-        entry = found[0] if found else None
-        digest = hashlib.sha256(p["text"]).hexdigest()
-        if (
-            entry is None
-            or entry["kind"] != "privacy_policy"
-            or entry["body"].get("sha256") != digest
-        ):
-            raise NotFound(
-                "the stored policy does not match the transparency log; refusing to serve it"
-            )
-        return {
-            "version": p["version"],
-            "text": p["text"].decode(),
-            "sha256": digest,
-            "log_index": p["log_index"],
-            "published_ms": p["published_ms"],
-        }
+        return await legal.current_policy()
 
     # -- staff: authorities, lawful requests, policy ----------------------------------------------
 
@@ -180,18 +156,6 @@ def build_public_router(
     @router.post("/v1/admin/policy", tags=["admin"])
     async def publish_policy(body: PolicyIn, member: StaffMember) -> dict[str, Any]:
         _legal(member)
-        return await publish(log, legal_store, body.text.encode(), clock())
+        return await legal.publish_policy(body.text.encode())
 
     return router
-
-
-async def publish(
-    log: TransparencyHandler, store: LegalStore, text: bytes, now_ms: int
-) -> dict[str, Any]:
-    """A new policy version: its hash goes into the log first, then the text is stored."""
-    latest = await store.latest_policy()
-    version = 1 if latest is None else latest["version"] + 1
-    digest = hashlib.sha256(text).digest()
-    index = await log.append("privacy_policy", {"version": version, "sha256": digest.hex()})
-    await store.add_policy(version, text, digest, index, now_ms)
-    return {"version": version, "sha256": digest.hex(), "log_index": index}

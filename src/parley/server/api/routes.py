@@ -17,10 +17,15 @@ from parley.server.api.schemas import b64, enc
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.attachments import AttachmentsHandler
 from parley.server.handlers.groups import GroupsHandler
-from parley.server.handlers.keys import KeysHandler, validate_upload
-from parley.server.handlers.messages import MessagesHandler
-from parley.server.storage.keys import DeviceBundle, KemKey, OneTimeKey, SignedKey
-from parley.server.storage.queue import QueuedMessage
+from parley.server.handlers.keys import (
+    DeviceBundle,
+    KemKey,
+    KeysHandler,
+    OneTimeKey,
+    SignedKey,
+    validate_upload,
+)
+from parley.server.handlers.messages import MessagesHandler, QueuedMessage
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,19 @@ from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.keys import DeviceBundle, KemKey, KeyStore, OneTimeKey, SignedKey
 
+# The key records are re-exported: routes take them from here, not from storage
+# (parley/server/api/__init__.py).
+__all__ = [
+    "BUNDLES_PER_CONTACT",
+    "MAX_ONE_TIME_UPLOAD",
+    "DeviceBundle",
+    "KemKey",
+    "KeysHandler",
+    "OneTimeKey",
+    "SignedKey",
+    "validate_upload",
+]
+
 MAX_ONE_TIME_UPLOAD = 200
 BUNDLES_PER_CONTACT = 5  # then one more every 10 minutes, per requester and contact
 

@@ -110,17 +110,21 @@ class KtHandler:
     async def _follow(self) -> None:
         """Catch up with the newest epoch in the log, whichever node logged it. An
         epoch's versions commit with its log entry, so the database holds exactly
-        the versions of every logged epoch; a follower applies the new ones and
-        checks the root it gets against the logged one (a deletion, which removes
-        a leaf, makes it rebuild the tree)."""
+        the versions and removals of every logged epoch; a follower applies the
+        new ones and checks the root it gets against the logged one (and rebuilds
+        from the database if they differ)."""
         last = await self._last_logged()
         if self._latest is None and last is None:
             self._latest = {}
         if last is None or last[2] == self.log_index:
             return
-        epoch, root, index = last
+        epoch, root, at = last
         got: bytes | None = None
         if self._latest is not None and self.log_index is not None and epoch > self.epoch:
+            # A removed account may stay in ``_latest``: with no leaf it never proves
+            # (lookups answer not found), and ``_publish`` skips it.
+            for removed in await self._store.removed_between(self.epoch, epoch):
+                self._tree.remove(removed)
             for account, v in await self._store.published_between(self.epoch, epoch):
                 self._latest[account] = v
                 self._tree.set(kt.index_of(account), v.value)
@@ -131,7 +135,7 @@ class KtHandler:
             got = self._tree.commit()
         self._present = set(self._latest or {})
         self._raw = {}
-        self.epoch, self.root, self.log_index = epoch, root, index
+        self.epoch, self.root, self.log_index = epoch, root, at
         self._in_sync = got == root
         if not self._in_sync:
             log.warning("key directory: the logged epoch does not rebuild from the database")
@@ -175,12 +179,15 @@ class KtHandler:
             added.append((account, v))
             latest[account] = v
             self._tree.set(kt.index_of(account), value)
-        gone = [a for a in latest if a not in states]
-        for a in gone:
+        gone = [(a, kt.index_of(a)) for a in latest if a not in states]
+        for a, _index in gone:
             latest.pop(a)
             self._raw.pop(a, None)
-        if gone:  # a deleted account's leaf goes: the tree is what the database rebuilds
-            self._tree = _tree_of(latest)
+        # Only leaves still in the tree are removals of this epoch (a follower that
+        # became the holder may keep accounts an earlier epoch already removed).
+        gone = [(a, index) for a, index in gone if self._tree.prove(index) is not None]
+        for _, index in gone:
+            self._tree.remove(index)  # the tree is what the database rebuilds
         self._latest = latest
         self._present = set(latest)
         root = self._tree.commit()
@@ -196,7 +203,7 @@ class KtHandler:
             async def write(conn: AsyncConnection) -> None:
                 if self._lease is not None:
                     await self._lease.fence(conn)  # a stale leader's epoch never commits
-                await KtStore.write_epoch(conn, added, gone)
+                await KtStore.write_epoch(conn, epoch, added, gone)
 
             self.log_index = await self._log.append(
                 "kt_epoch", {"epoch": epoch, "root": root.hex(), "size": self._tree.size}, write

@@ -20,6 +20,7 @@ it has none), the account gets a notice naming the authority and the data.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from collections.abc import Callable
@@ -139,6 +140,43 @@ class LegalHandler:
         if not await self._store.revoke_authority(name, self._now()):
             raise NotFound("no such (unrevoked) authority")
         await self._audit.append(actor, "authority.revoke", name, {}, self._now())
+
+    # -- privacy policy ----------------------------------------------------------------------------
+
+    async def publish_policy(self, text: bytes) -> dict[str, Any]:
+        """A new policy version: its hash goes into the log first, then the text is stored."""
+        latest = await self._store.latest_policy()
+        version = 1 if latest is None else latest["version"] + 1
+        digest = hashlib.sha256(text).digest()
+        index = await self._log.append(
+            "privacy_policy", {"version": version, "sha256": digest.hex()}
+        )
+        await self._store.add_policy(version, text, digest, index, self._now())
+        return {"version": version, "sha256": digest.hex(), "log_index": index}
+
+    async def current_policy(self) -> dict[str, Any]:
+        """The current privacy policy, given out only if its hash is in the transparency log."""
+        p = await self._store.latest_policy()
+        if p is None:
+            raise NotFound("no privacy policy has been published")
+        found = await self._log.entries(p["log_index"], p["log_index"] + 1)
+        entry = found[0] if found else None
+        digest = hashlib.sha256(p["text"]).hexdigest()
+        if (
+            entry is None
+            or entry["kind"] != "privacy_policy"
+            or entry["body"].get("sha256") != digest
+        ):
+            raise NotFound(
+                "the stored policy does not match the transparency log; refusing to serve it"
+            )
+        return {
+            "version": p["version"],
+            "text": p["text"].decode(),
+            "sha256": digest,
+            "log_index": p["log_index"],
+            "published_ms": p["published_ms"],
+        }
 
     # -- requests --------------------------------------------------------------------------------
 

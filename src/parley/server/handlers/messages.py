@@ -26,6 +26,10 @@ from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.groups import GroupStore
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 
+# QueuedMessage is re-exported: routes take it from here, not from storage
+# (parley/server/api/__init__.py).
+__all__ = ["MAX_CLIENT_ID", "MessagesHandler", "QueuedMessage", "SendResult"]
+
 MAX_CLIENT_ID = 64
 
 

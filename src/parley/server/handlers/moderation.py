@@ -30,6 +30,17 @@ from parley.server.storage.moderation import (
     StatusStore,
 )
 
+# Staff is re-exported: routes take it from here, not from storage (parley/server/api/__init__.py).
+__all__ = [
+    "ACTIONS",
+    "READERS",
+    "ROLES",
+    "STATUS_FOR",
+    "SUSPEND_DAYS",
+    "ModerationHandler",
+    "Staff",
+]
+
 ROLES = ("moderator", "legal", "auditor")
 ACTIONS = ("dismiss", "warn", "restrict", "suspend", "ban")
 STATUS_FOR = {"restrict": "restricted", "suspend": "suspended", "ban": "banned"}
@@ -86,6 +97,11 @@ class ModerationHandler:
         if found is None or not constant_time_equal(found[1], self._hash(token)):
             raise Unauthorized("invalid staff credentials")
         return found[0]
+
+    async def take_notices(self, account_id: str) -> list[dict[str, Any]]:
+        """The account's platform notices (moderation and lawful-request notices alike),
+        each returned once: taking them deletes them."""
+        return await self._notices.take(account_id)
 
     async def _require(self, staff: Staff, roles: tuple[str, ...], what: str, target: str) -> None:
         """Refuse a staff member without the role; the refused attempt is audited too."""

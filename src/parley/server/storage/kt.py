@@ -12,7 +12,13 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from parley.server.storage.tables import accounts, devices, kt_device_lists, kt_versions
+from parley.server.storage.tables import (
+    accounts,
+    devices,
+    kt_device_lists,
+    kt_removals,
+    kt_versions,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +105,32 @@ class KtStore:
             )
             return [(r.account_id, _version(r)) for r in rows]
 
+    async def removed_between(self, after: int, upto: int) -> list[bytes]:
+        """Directory indexes taken out in epochs ``after < epoch <= upto``."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(kt_removals.c.idx).where(
+                    kt_removals.c.epoch > after, kt_removals.c.epoch <= upto
+                )
+            )
+            return [bytes(r.idx) for r in rows]
+
     @staticmethod
     async def write_epoch(
-        conn: AsyncConnection, added: list[tuple[str, Version]], gone: list[str]
+        conn: AsyncConnection,
+        epoch: int,
+        added: list[tuple[str, Version]],
+        gone: list[tuple[str, bytes]],
     ) -> None:
-        """An epoch's changes, in the transaction that logs the epoch."""
+        """An epoch's changes, in the transaction that logs the epoch. ``gone`` is
+        (account, directory index): the index is kept, the account id is not."""
         if gone:
+            ids = [a for a, _ in gone]
             for table in (kt_versions, kt_device_lists):
-                await conn.execute(delete(table).where(table.c.account_id.in_(gone)))
+                await conn.execute(delete(table).where(table.c.account_id.in_(ids)))
+            await conn.execute(
+                insert(kt_removals), [{"idx": idx, "epoch": epoch} for _, idx in gone]
+            )
         if added:
             await conn.execute(
                 insert(kt_versions),

@@ -283,6 +283,15 @@ translog_entries = Table(
     Column("at_ms", BigInteger, nullable=False),
 )
 
+# Leaves taken out of the key directory (a deleted account), by index hash and the
+# epoch that removed them, so other nodes follow epochs without rebuilding the tree.
+kt_removals = Table(
+    "kt_removals",
+    metadata,
+    Column("idx", LargeBinary(32), primary_key=True),
+    Column("epoch", BigInteger, primary_key=True),
+)
+
 # Singleton work (key-directory epochs, maintenance, notices) runs on one node at
 # a time: the holder of the named lease. ``token`` grows at every change of hands
 # and fences the holder's writes (storage/leases.py).

@@ -1,7 +1,9 @@
-"""leases
+"""leases and key-directory removals
 
 Named leases with a fencing token, so that singleton work (key-directory
-epochs, maintenance, user notices) runs on exactly one node of a cluster.
+epochs, maintenance, user notices) runs on exactly one node of a cluster;
+and the leaves each epoch took out of the key directory (by index hash), so
+that other nodes follow epochs without rebuilding the tree.
 
 Revision ID: 0008
 Revises: 0007
@@ -28,7 +30,14 @@ def upgrade() -> None:
         sa.Column("expires_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
+    op.create_table(
+        "kt_removals",
+        sa.Column("idx", sa.LargeBinary(length=32), nullable=False),
+        sa.Column("epoch", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("idx", "epoch"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("kt_removals")
     op.drop_table("leases")
