@@ -397,9 +397,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
 class StaffSide:
     moderation: ModerationHandler
     reports: ReportsHandler
-    notices: NoticeStore
     legal: LegalHandler
-    legal_store: LegalStore
     transparency: TransparencyHandler
 
 
@@ -440,7 +438,7 @@ async def build_staff_side(
     # Reports are limited from their own table (the limit survives a restart), so
     # ``limiter`` is no longer used here; the parameter stays for parley-admin.
     reports_handler = ReportsHandler(reports, groups, blobs, franking_key, now_ms)
-    return StaffSide(moderation, reports_handler, notices, legal, legal_store, log)
+    return StaffSide(moderation, reports_handler, legal, log)
 
 
 def _notices_due(legal: LegalHandler) -> Callable[[int], Awaitable[object]]:
