@@ -89,6 +89,7 @@ class Phase:
     errors: int = 0
     stale: int = 0
     unsendable: int = 0
+    delivered: int = 0
 
 
 class Engine:
@@ -122,6 +123,7 @@ class Engine:
             if phase is not None:
                 phase.stale += 1  # left over from an earlier phase
             return
+        phase.delivered += 1
         if phase.closed:
             if phase.warm <= now <= phase.end:
                 phase.delivered_in_window += 1
@@ -185,7 +187,7 @@ class Engine:
             "sent_in_window": phase.sent_in_window,
             "delivered_in_window": phase.delivered_in_window,
             "delivered_of_window": phase.delivered_of_window,
-            "undelivered": self.in_transit,
+            "undelivered": phase.sent - phase.delivered - phase.errors - phase.unsendable,
             "errors": phase.errors,
             "unsendable": phase.unsendable,
             "connections_lost": sum(1 for c in self.connections if c.lost),

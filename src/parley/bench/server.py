@@ -47,9 +47,11 @@ Keys per server (the figures of the ``closed`` phase unless named):
 - ``outside_cpu_pct``, ``contaminated``, ``retries``: the machine's total
   CPU is sampled over each window; CPU used by anything other than the
   server, its database, the generator and this orchestrator above 15% of
-  the machine marks the phase contaminated, and it is run once more: the
-  reported figures are the second run's, ``retries`` keeps the first, and
-  ``contaminated`` says whether any reported phase still was;
+  the machine marks the phase contaminated (``outside_top_cpu_pct`` names
+  the busiest outside processes among those alive at both ends of the window), and it is run once more, after waiting up
+  to 30 s for the machine to calm down: the reported figures are the second
+  run's, ``retries`` keeps the first, and ``contaminated`` says whether any
+  reported phase still was;
 - ``errors`` (sends the server refused), ``phases`` (per-phase detail, with
   ``undelivered``, ``unsendable`` and ``connections_lost`` and the close codes).
 
@@ -403,15 +405,46 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
-def _snapshot(target: Target, gens: list[Generator]) -> dict[str, float]:
+def _snapshot(target: Target, gens: list[Generator]) -> dict[str, Any]:
+    everyone: dict[int, tuple[str, float]] = {}
+    for p in psutil.process_iter(["name", "cpu_times"]):
+        t = p.info["cpu_times"]
+        if t is not None:
+            everyone[p.pid] = (p.info["name"] or "?", t.user + t.system)
+    server, generator = _tree(target.roots), _tree([g.ps for g in gens])
+    database = target.database()
     return {
         "wall": time.monotonic(),
         "machine": _machine_busy(),
-        "server": _cpu(_tree(target.roots)),
-        "generator": _cpu(_tree([g.ps for g in gens])),
-        "database": _cpu(target.database()),
+        "server": _cpu(server),
+        "generator": _cpu(generator),
+        "database": _cpu(database),
         "self": _cpu([psutil.Process()]),
+        "ours": {p.pid for p in [*server, *generator, *database]} | {os.getpid()},
+        "everyone": everyone,
     }
+
+
+def _outside_top(first: dict[str, Any], last: dict[str, Any], wall: float) -> dict[str, float]:
+    """The processes outside the benchmark that used the most CPU in the window (% of a core)."""
+    by_name: dict[str, float] = {}
+    for pid, (name, cpu) in last["everyone"].items():
+        if pid in last["ours"] or pid in first["ours"]:
+            continue
+        used = cpu - first["everyone"].get(pid, (name, 0.0))[1]
+        by_name[name] = by_name.get(name, 0.0) + used
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:3]
+    return {name: round(100 * used / wall, 1) for name, used in top if used / wall >= 0.01}
+
+
+def _wait_for_quiet(limit: float = 30.0) -> float:
+    """Before a retry: wait (at most ``limit`` s) for the machine, with the server idle, to
+    drop below the contamination threshold; returns the last reading (% of the machine)."""
+    deadline = time.monotonic() + limit
+    busy = psutil.cpu_percent(interval=2.0)
+    while busy > CONTAMINATION_PCT and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=2.0)
+    return float(busy)
 
 
 def _phase(
@@ -427,7 +460,7 @@ def _phase(
     last = _snapshot(target, gens)
     answers = [g.answer(timeout=float(cmd.get("drain", 10.0)) + 60) for g in gens]
     wall = last["wall"] - first["wall"]
-    d = {k: last[k] - first[k] for k in last}
+    d = {k: last[k] - first[k] for k in last if isinstance(last[k], float)}
     cores = psutil.cpu_count() or 1
     outside = d["machine"] - d["server"] - d["generator"] - d["database"] - d["self"]
     lat = [x for a in answers for x in a["latencies_ms"]]
@@ -457,6 +490,8 @@ def _phase(
             sum(a["delivered_of_window"] for a in answers) / sent if sent else 0.0, 4
         )
     out["contaminated"] = out["outside_cpu_pct"] > CONTAMINATION_PCT
+    if out["contaminated"]:
+        out["outside_top_cpu_pct"] = _outside_top(first, last, wall)
     return out
 
 
@@ -512,6 +547,7 @@ def _measure(
             log(f"  {name}: {_brief(result)}")
             if result["contaminated"]:
                 retries.append({"phase": name, **result})
+                retries[-1]["machine_cpu_pct_before_retry"] = _wait_for_quiet()
                 result = _phase(target, gens, cmd, warm, window)
                 log(f"  {name} (retry): {_brief(result)}")
             phases[name] = result
