@@ -164,7 +164,6 @@ class RawDevice:
     deliveries: int = 0
     resent: set[str] = field(default_factory=set)  # client ids sent more than once
     duplicates: set[str] = field(default_factory=set)  # answered {"duplicate": true}
-    on_message: Callable[[dict[str, Any]], None] | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
@@ -188,8 +187,6 @@ class RawDevice:
         tag = tag_of(frame["envelope"])
         self.received.setdefault(frame["id"], tag)
         self.arrived.setdefault(tag, time.monotonic())
-        if self.on_message is not None:
-            self.on_message(frame)
 
     async def connect(self, within_s: float = 30.0) -> Link:
         """The open socket, or a new one: to the same node the first time, then after a
@@ -308,10 +305,21 @@ def delivered_twice(receiver: RawDevice) -> dict[tuple[int, int], list[str]]:
 def describe_missing(
     pairs: Sequence[tuple[RawDevice, RawDevice]], acked: set[tuple[int, int]]
 ) -> str:
+    """Which acknowledged sends are missing, where their devices are, and whether
+    each was sent again (``resent``) and answered as a duplicate (``duplicate``)."""
     gone = missing(pairs, acked)
-    by_pair: dict[int, list[int]] = {}
+    by_pair: dict[int, list[str]] = {}
     for pair, seq in gone:
-        by_pair.setdefault(pair, []).append(seq)
+        sender = pairs[pair][0]
+        flags = [
+            f
+            for f, on in (
+                ("resent", f"{pair}-{seq}" in sender.resent),
+                ("duplicate", f"{pair}-{seq}" in sender.duplicates),
+            )
+            if on
+        ]
+        by_pair.setdefault(pair, []).append(f"{seq}{'(' + ','.join(flags) + ')' if flags else ''}")
     where = "; ".join(
         f"pair {p} (sender on {_node_of(pairs[p][0])}, receiver on {_node_of(pairs[p][1])}, "
         f"{len(pairs[p][1].links)} socket(s)): seq {seqs[:8]}"

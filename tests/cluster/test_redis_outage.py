@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cluster
 PAIRS = 6
 CATCH_UP_S = 15.0
 OUTAGE_S = 3.0
-RETURN_S = 1.5  # sending on while the nodes resubscribe (each takes about a second)
+RETURN_S = 0.6  # the nodes resubscribe within about half a second of its return
 REAL_TIME_S = 2.0
 
 
