@@ -46,9 +46,11 @@ async def _setup(
     await db.migrate(engine)
     sessions: list[DeliverySession] = []
 
-    def deliver(rows: list[QueuedMessage]) -> None:
+    async def deliver(rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
         for s in sessions:
             s.offer(rows)
+            if s.owner in again:
+                s.available()
 
     queue = MessageQueue(engine, deliver)
     queue.start()

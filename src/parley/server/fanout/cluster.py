@@ -14,10 +14,15 @@ record; Redis carries only signals, never a message:
   changed (every node reloads it and closes a banned account's sockets), the
   key directory changed; a replaced connection is closed on its node.
 
-Losing Redis loses no message: while the subscription is down every local
-session re-reads its queue each second, account caches are bypassed (a
-revocation on another node must not be missed), and when it returns presence
-is re-registered first and every session then reads its queue once more.
+Losing Redis loses no message. Signals for a commit are sent before its
+senders are answered, and a duplicate send signals its recipients again (the
+first attempt may have committed on a node that died before signalling).
+While the subscription is down every local session re-reads its queue each
+second and account caches are bypassed (a revocation on another node must not
+be missed); when it returns presence is re-registered first, every session
+reads its queue once more, and a *resync* tells every other node to do the
+same (this node's signals may have been lost meanwhile, as may any single
+signal that failed, which also triggers a resync).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ ALL = "parley:all"
 PRESENCE_TTL_S = 90
 PRESENCE_REFRESH_S = 30
 POLL_S = 1.0
+SIGNAL_TIMEOUT_S = 1.0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -66,6 +72,7 @@ class ClusterFanout(LocalFanout):
         self._pepper = pepper[:64]
         self.node = node
         self.up = False
+        self._missed = False  # a signal was lost: tell every node to re-read its queues
         self._tasks: set[asyncio.Task[Any]] = set()
         self._release_script: Any = redis.register_script(_RELEASE)
         # Wired by the composition root.
@@ -108,16 +115,32 @@ class ClusterFanout(LocalFanout):
 
     # -- outgoing signals --------------------------------------------------------------------
 
-    def deliver(self, rows: list[QueuedMessage]) -> None:
-        elsewhere = []
+    async def deliver(self, rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
+        """Awaited by the queue writer before the senders are answered: a node that
+        dies after answering has already told the recipients' nodes. A signal that
+        could not be sent is made up for by a resync once Redis answers again."""
+        elsewhere: dict[tuple[str, int], None] = {}
         for owner, device_rows in by_device(rows).items():
             session = self.sessions.get(owner)
             if session is not None:
                 session.offer(device_rows)
             else:
-                elsewhere.append(owner)
-        if elsewhere and self.up:
-            self._spawn(self._signal(elsewhere, None))
+                elsewhere[owner] = None
+        for owner in again:
+            session = self.sessions.get(owner)
+            if session is not None:
+                session.available()
+            else:
+                elsewhere[owner] = None
+        if not elsewhere:
+            return
+        if not self.up:
+            self._missed = True
+            return
+        try:
+            await asyncio.wait_for(self._signal(list(elsewhere), None), SIGNAL_TIMEOUT_S)
+        except TimeoutError:
+            self._missed = True
 
     def notify(self, account_id: str, device_id: int, frame: dict[str, Any]) -> None:
         if (account_id, device_id) in self.sessions:
@@ -145,7 +168,8 @@ class ClusterFanout(LocalFanout):
                     pipe.publish(_node_channel(node), orjson.dumps(signal))
                 await pipe.execute()
         except Failure as exc:
-            log.debug("signal not sent (%s): the receiving node polls", type(exc).__name__)
+            self._missed = True  # a resync goes out once Redis answers
+            log.debug("signal not sent (%s)", type(exc).__name__)
 
     def disconnect(self, account_id: str, device_id: int) -> None:
         super().disconnect(account_id, device_id)
@@ -162,8 +186,10 @@ class ClusterFanout(LocalFanout):
 
     def _publish(self, channel: str, payload: dict[str, Any]) -> None:
         async def send() -> None:
-            with contextlib.suppress(*Failure):
+            try:
                 await self._redis.publish(channel, orjson.dumps(payload))
+            except Failure:
+                self._missed = True  # e.g. a lost "gone": other nodes must drop caches
 
         self._spawn(send())
 
@@ -196,6 +222,11 @@ class ClusterFanout(LocalFanout):
         elif kind == "standing":
             self.on_standing()
         elif kind == "kt":
+            self.on_kt()
+        elif kind == "resync":  # a node lost signals: anything may have been missed
+            self.all_available()
+            self.on_signals(True)
+            self.on_standing()
             self.on_kt()
 
     async def run(self) -> None:
@@ -230,6 +261,9 @@ class ClusterFanout(LocalFanout):
         if not was_up:
             log.info("signals up")
         self.all_available()  # whatever was committed while signals were down
+        # Whatever this node committed while it could not signal: every node re-reads.
+        self._missed = False
+        self._publish(ALL, {"t": "resync"})
         self.on_standing()
         self.on_kt()
 
@@ -252,6 +286,9 @@ class ClusterFanout(LocalFanout):
             if not self.up:
                 self.all_available()
                 continue
+            if self._missed:
+                self._missed = False
+                self._publish(ALL, {"t": "resync"})
             since_refresh += POLL_S
             if since_refresh >= PRESENCE_REFRESH_S:
                 since_refresh = 0.0

@@ -1,6 +1,6 @@
 """The in-process registry of connected devices.
 
-``deliver`` is called by the queue writer right after a commit, in id order;
+``deliver`` is awaited by the queue writer right after a commit, in id order;
 it only appends to each session's outbox and wakes it, so one slow socket
 never holds up the others (no sequential awaits across sockets). The registry
 knows sessions only as ``Subscriber``: the push protocol itself lives in
@@ -47,11 +47,17 @@ class LocalFanout:
         if self.sessions.get(session.owner) is session:
             del self.sessions[session.owner]
 
-    def deliver(self, rows: list[QueuedMessage]) -> None:
+    async def deliver(self, rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
+        """After a commit: ``rows`` were just stored; ``again`` are the recipients of a
+        duplicate send, whose first attempt this process may never have seen."""
         for owner, device_rows in by_device(rows).items():
             session = self.sessions.get(owner)
             if session is not None:
                 session.offer(device_rows)
+        for owner in again:
+            session = self.sessions.get(owner)
+            if session is not None:
+                session.available()
 
     def notify(self, account_id: str, device_id: int, frame: dict[str, Any]) -> None:
         session = self.sessions.get((account_id, device_id))

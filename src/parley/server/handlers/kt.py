@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 MAX_TAIL = 64  # log entries after the latest epoch before an epoch is logged anyway
 MAX_HISTORY = 1000  # versions per history answer
+MAX_CATCH_UP = 5  # epochs a lookup follows before it gives up for now
 
 
 class StaleDeviceList(Conflict):
@@ -260,8 +261,13 @@ class KtHandler:
 
     async def _lookup(self, account_id: str, since: int) -> dict[str, Any]:
         head, tail = await self._tail()
-        if any(e["kind"] == "kt_epoch" for e in tail[1:]):
-            await self._follow()  # another node logged a newer epoch: never answer stale
+        rounds = 0
+        while any(e["kind"] == "kt_epoch" for e in tail[1:]):
+            # Another node logged a newer epoch: never answer from a stale one.
+            rounds += 1
+            if rounds > MAX_CATCH_UP:
+                raise Unavailable("the key directory is changing fast; retry in a moment")
+            await self._follow()
             head, tail = await self._tail()
         if not self._in_sync:
             raise Unavailable("the key directory is catching up; retry in a few seconds")

@@ -3,21 +3,25 @@
 Theory of operation. One writer task owns all queue writes. Handlers submit
 operations (enqueue a set of rows, or delete acknowledged ones) and await a
 future. The writer takes everything that has arrived, runs it in one
-transaction (a few statements per batch, not per message), commits, then
-resolves every future and hands the committed rows to ``on_commit`` in id
-order. A message is therefore acknowledged to its sender only after it is on
-disk, and at thousands per second (DESIGN-NOTES: group commit).
+transaction (a few statements per batch, not per message), commits, hands
+the committed rows to ``on_commit`` in id order and waits for it (a cluster
+signals the nodes holding the recipients there), then resolves every future.
+A message is therefore acknowledged to its sender only after it is on disk,
+and after its recipients' nodes were told, at thousands per second
+(DESIGN-NOTES: group commit).
 
 Idempotency: an enqueue may carry a key (HMAC of sender, device and client
 message id). A key already present makes the whole enqueue a duplicate:
-nothing is stored and the sender gets the first attempt's timestamp.
+nothing is stored and the sender gets the first attempt's timestamp. The
+recipients of a duplicate are handed to ``on_commit`` again (``again``): the
+first attempt may have committed on a node that died before telling anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +86,12 @@ def _to_message(row: Any) -> QueuedMessage:
     )
 
 
+Device = tuple[str, int]
+OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
+
+
 class MessageQueue:
-    def __init__(
-        self, engine: AsyncEngine, on_commit: Callable[[list[QueuedMessage]], None]
-    ) -> None:
+    def __init__(self, engine: AsyncEngine, on_commit: OnCommit) -> None:
         self._engine = engine
         self._on_commit = on_commit
         self._ops: list[_Enqueue | _Delete] = []
@@ -142,26 +148,40 @@ class MessageQueue:
             while self._ops:
                 batch, self._ops = self._ops[:MAX_BATCH], self._ops[MAX_BATCH:]
                 try:
-                    committed = await self._commit(batch)
+                    committed, again = await self._commit(batch)
                 except Exception as exc:
                     log.error("queue commit failed: %s", type(exc).__name__)
                     for op in batch:
                         if not op.future.done():
                             op.future.set_exception(exc)
                     continue
+                if committed or again:
+                    try:
+                        await self._on_commit(committed, again)
+                    except Exception as exc:  # committed all the same: never un-acknowledge
+                        log.warning("handing on committed rows failed: %s", type(exc).__name__)
                 for op in batch:
                     if not op.future.done():
                         op.future.set_result(op.server_ms if isinstance(op, _Enqueue) else None)  # type: ignore[arg-type]
-                if committed:
-                    self._on_commit(committed)
             if self._closing:
                 return
 
-    async def _commit(self, batch: Sequence[_Enqueue | _Delete]) -> list[QueuedMessage]:
+    async def _commit(
+        self, batch: Sequence[_Enqueue | _Delete]
+    ) -> tuple[list[QueuedMessage], list[Device]]:
         enqueues = [op for op in batch if isinstance(op, _Enqueue)]
         deletes = [op for op in batch if isinstance(op, _Delete)]
         async with self._engine.begin() as conn:
             accepted = await self._dedupe(conn, enqueues)
+            taken = {id(op) for op in accepted}
+            again = list(
+                {
+                    (r["account_id"], r["device_id"]): None
+                    for op in enqueues
+                    if id(op) not in taken
+                    for r in op.rows
+                }
+            )
             rows = [row for op in accepted for row in op.rows]
             committed: list[QueuedMessage] = []
             if rows:
@@ -195,7 +215,7 @@ class MessageQueue:
             guids = [g for op in deletes for g in op.guids]
             if guids:
                 await conn.execute(delete(messages).where(messages.c.guid.in_(guids)))
-        return committed
+        return committed, again
 
     async def _dedupe(self, conn: AsyncConnection, enqueues: list[_Enqueue]) -> list[_Enqueue]:
         keyed = [op for op in enqueues if op.key is not None]
@@ -214,7 +234,6 @@ class MessageQueue:
                 accepted.append(op)
             elif op.key in seen:
                 op.server_ms = seen[op.key]
-                op.rows = []
             else:
                 seen[op.key] = op.server_ms
                 new_keys.append({"key": op.key, "server_ms": op.server_ms})
