@@ -74,3 +74,14 @@ def test_altered_time_or_foreign_tag_fails() -> None:
         franking.verify_report(SERVER_KEY, other_opening, commitment, DELIVERED_AT, tag)
     with pytest.raises(FrankingError):  # a tag made with another server key
         franking.verify_report(b"t" * 32, opening, commitment, DELIVERED_AT, tag)
+
+
+def test_a_keyed_hmac_state_tags_as_the_key_does() -> None:
+    from parley.crypto.primitives import HmacKey
+
+    commitment = bytes(range(32))
+    keyed = HmacKey(SERVER_KEY)
+    for t in (DELIVERED_AT, DELIVERED_AT + 1):  # the copied state is fresh every time
+        assert franking.server_tag(keyed, commitment, "alice", "dm:a:b", t) == (
+            franking.server_tag(SERVER_KEY, commitment, "alice", "dm:a:b", t)
+        )

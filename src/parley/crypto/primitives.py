@@ -186,6 +186,20 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return h.finalize()
 
 
+class HmacKey:
+    """A long-lived HMAC-SHA256 key (a server secret used per message). Each MAC
+    copies a state keyed once, which skips OpenSSL's per-object set-up: about
+    4 µs instead of 6.6 µs here, twice per message on the send path."""
+
+    def __init__(self, key: bytes) -> None:
+        self._keyed = _pyca_hmac.HMAC(key, _SHA256)
+
+    def mac(self, data: bytes) -> bytes:
+        h = self._keyed.copy()
+        h.update(data)
+        return h.finalize()
+
+
 def sha256(data: bytes) -> bytes:
     h = hashes.Hash(_SHA256)
     h.update(data)

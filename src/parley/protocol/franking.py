@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from parley.crypto.primitives import constant_time_equal, hmac_sha256
+from parley.crypto.primitives import HmacKey, constant_time_equal, hmac_sha256
 from parley.errors import FrankingError
 from parley.protocol.codec import Writer
 from parley.protocol.wire import MAX_ATTACHMENTS, MAX_CONTROL, MAX_TEXT, Content
@@ -136,11 +136,13 @@ def check_commitment(content: Content, sender: str, conversation: str, commitmen
 
 
 def server_tag(
-    server_key: bytes, commitment: bytes, sender: str, conversation: str, time_ms: int
+    server_key: bytes | HmacKey, commitment: bytes, sender: str, conversation: str, time_ms: int
 ) -> bytes:
     """The server's tag over a delivered commitment (keyed by a server secret)."""
     w = Writer().fixed(_TAG_LABEL, len(_TAG_LABEL)).fixed(commitment, 32)
     w.text(sender, MAX_PARTY).text(conversation, MAX_PARTY).u64(time_ms)
+    if isinstance(server_key, HmacKey):
+        return server_key.mac(w.to_bytes())
     return hmac_sha256(server_key, w.to_bytes())
 
 

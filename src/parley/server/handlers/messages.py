@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from parley.crypto.primitives import hmac_sha256
+from parley.crypto.primitives import HmacKey
 from parley.errors import BadRequest, Forbidden, NotFound, RemoteProtocolError, StaleDevices
 from parley.protocol import franking
 from parley.protocol.wire import PreKeyMessage, RatchetMessage, SenderKeyMessage, decode_envelope
@@ -55,8 +55,8 @@ class MessagesHandler:
         self._groups = groups
         self._queue = queue
         self._limiter = limiter
-        self._franking_key = franking_key
-        self._pepper = pepper
+        self._franking_key = HmacKey(franking_key)
+        self._pepper = HmacKey(pepper)
         self._ttl = ttl_ms
         self._now = clock_ms
         self.check_send: Callable[[str], None] = lambda _a: None  # moderation (Standing)
@@ -64,9 +64,8 @@ class MessagesHandler:
     def _idempotency_key(self, who: Principal, target: str, client_id: str) -> bytes:
         if not client_id or len(client_id) > MAX_CLIENT_ID:
             raise BadRequest(f"client_id must be 1..{MAX_CLIENT_ID} characters")
-        return hmac_sha256(
-            self._pepper,
-            f"sent\x00{who.account_id}\x00{who.device_id}\x00{target}\x00{client_id}".encode(),
+        return self._pepper.mac(
+            f"sent\x00{who.account_id}\x00{who.device_id}\x00{target}\x00{client_id}".encode()
         )
 
     def _row(
