@@ -22,7 +22,12 @@ websocket client for Parley, ``parley.bench.xmpp`` for XMPP):
 - After each phase the generator waits for everything sent to arrive (at
   most 30 s after ``closed``, 60 s after a rate phase, quick: 20 s; or 5 s
   without progress), so an overloaded server's backlog does not spill into
-  the next phase.
+  the next phase. Above a server's capacity an offered rate builds a queue
+  for the whole window, so its latencies measure that queue. Parley's
+  websocket server (uvicorn's keepalive: a ping every 20 s, the socket
+  closed with 1011 if its pong is not back within 20 s) then closes senders
+  whose pong waits behind their own unread backlog: ``connections_lost`` and
+  ``close_codes`` in ``phases`` say so, and ``delivered_fraction_*`` drops.
 
 Each server is configured by the benchmark in a temporary directory, on
 free loopback ports, without traffic shaping or rate limits (see
@@ -49,7 +54,7 @@ Keys per server (the figures of the ``closed`` phase unless named):
   server, its database, the generator and this orchestrator above 15% of
   the machine marks the phase contaminated (``outside_top_cpu_pct`` names
   the busiest outside processes among those alive at both ends of the window), and it is run once more, after waiting up
-  to 30 s for the machine to calm down: the reported figures are the second
+  to 60 s for the machine to calm down: the reported figures are the second
   run's, ``retries`` keeps the first, and ``contaminated`` says whether any
   reported phase still was;
 - ``errors`` (sends the server refused), ``phases`` (per-phase detail, with
@@ -437,7 +442,7 @@ def _outside_top(first: dict[str, Any], last: dict[str, Any], wall: float) -> di
     return {name: round(100 * used / wall, 1) for name, used in top if used / wall >= 0.01}
 
 
-def _wait_for_quiet(limit: float = 30.0) -> float:
+def _wait_for_quiet(limit: float = 60.0) -> float:
     """Before a retry: wait (at most ``limit`` s) for the machine, with the server idle, to
     drop below the contamination threshold; returns the last reading (% of the machine)."""
     deadline = time.monotonic() + limit
