@@ -34,7 +34,7 @@ from parley.server.api.kt import build_kt_router
 from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.schemas import MAX_REPORT_BODY
-from parley.server.api.websocket import websocket_endpoint
+from parley.server.api.websocket import PushSocket, websocket_endpoint
 from parley.server.config import ServerConfig
 from parley.server.disclosure.package import DisclosureReader
 from parley.server.fanout.cluster import ClusterFanout
@@ -158,6 +158,12 @@ class InternalErrors:
                 started = True
             await send(message)
 
+        if scope["type"] != "http":  # no response to track: no wrapper per frame sent
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                log.error("internal error: %s", type(exc).__name__)
+            return
         try:
             await self.app(scope, receive, tracking)
         except Exception as exc:
@@ -279,11 +285,8 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
                 now_ms,
             )
         )
-        app.add_api_websocket_route(
-            "/v1/websocket",
-            websocket_endpoint(
-                accounts, handlers.messages, Deliveries(queue, config.delivery_window, fanout)
-            ),
+        state["push"] = websocket_endpoint(
+            accounts, handlers.messages, Deliveries(queue, config.delivery_window, fanout)
         )
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)
@@ -389,6 +392,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         attachments=config.max_attachment_bytes,
         reports=max(config.max_body_bytes, MAX_REPORT_BODY),
     )
+    app.add_middleware(PushSocket, state=state)  # inside InternalErrors, outside routing
     app.add_middleware(InternalErrors)
     return app
 

@@ -1,4 +1,4 @@
-"""The push websocket (``/v1/websocket``): Starlette glue around ``DeliverySession``.
+"""The push websocket (``/v1/websocket``): raw ASGI glue around ``DeliverySession``.
 
 Besides acknowledgements, a connected client may send messages over the same
 socket (as Signal's clients do), which avoids an HTTP request per message:
@@ -12,22 +12,27 @@ Each is answered, possibly out of order, by ``{"type": "response",
 the HTTP routes give (``{"server_ms", "duplicate"}``, or ``{"error": ...}``).
 Up to ``MAX_REQUESTS_IN_FLIGHT`` requests per socket run concurrently, so
 their commits share group commits. The session logic lives in
-``handlers/delivery.py`` and talks to a two-method transport, so the socket
-can move to a faster stack without touching it.
+``handlers/delivery.py`` and talks to a two-method transport.
+
+This is the hot path (four frames per message: send, response, push, ack),
+so it skips the framework: ``PushSocket`` takes the websocket scope for this
+path before FastAPI routing and speaks ASGI directly (no Starlette
+``WebSocket`` state machine, no per-send wrappers). The HTTP API keeps the
+framework. An error inside is logged by type only, as ``InternalErrors`` does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley.errors import ApiError, BadRequest
 from parley.server.api import edge
-from parley.server.api.routes import client_ip
 from parley.server.api.schemas import b64
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.delivery import (
@@ -39,19 +44,33 @@ from parley.server.handlers.delivery import (
 )
 from parley.server.handlers.messages import MessagesHandler
 
+log = logging.getLogger("parley.server")
 MAX_REQUESTS_IN_FLIGHT = 64
 MAX_ENVELOPE_B64 = 400_000
 
 
-class StarletteTransport:
-    def __init__(self, websocket: WebSocket) -> None:
-        self._ws = websocket
+class Socket:
+    """One websocket as ASGI gives it: the transport ``DeliverySession`` talks to."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.receive = receive
+        self._send = send
+        self.headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        client = scope.get("client")
+        self.ip = str(client[0]) if client else "unknown"
+
+    async def accept(self) -> bool:
+        """Take the handshake; False if the client went away first."""
+        if (await self.receive())["type"] != "websocket.connect":
+            return False
+        await self._send({"type": "websocket.accept"})
+        return True
 
     async def send_text(self, text: str) -> None:
-        await self._ws.send_text(text)
+        await self._send({"type": "websocket.send", "text": text})
 
     async def close(self, code: int) -> None:
-        await self._ws.close(code)
+        await self._send({"type": "websocket.close", "code": code})
 
 
 def _text(frame: dict[str, Any], name: str, max_len: int) -> str:
@@ -91,7 +110,7 @@ class _Connection:
 
     def __init__(
         self,
-        websocket: WebSocket,
+        websocket: Socket,
         who: Principal,
         messages: MessagesHandler,
         session: DeliverySession,
@@ -134,7 +153,7 @@ class _Connection:
 
     async def read(self) -> None:
         while not self.session.closed.is_set():
-            message = await self.websocket.receive()
+            message: Message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
@@ -152,30 +171,33 @@ class _Connection:
             await asyncio.gather(*self.requests, return_exceptions=True)
 
 
+Endpoint = Callable[[Socket], Awaitable[None]]
+
+
 def websocket_endpoint(
     accounts: AccountsHandler,
     messages: MessagesHandler,
     deliveries: Deliveries,
-) -> Callable[[WebSocket], Awaitable[None]]:
-    async def endpoint(websocket: WebSocket) -> None:
+) -> Endpoint:
+    async def endpoint(websocket: Socket) -> None:
+        authorization = websocket.headers.get(b"authorization")
         try:
             who = await accounts.authenticate(
-                websocket.headers.get("authorization"), client_ip(websocket)
+                authorization.decode("latin-1") if authorization else None, websocket.ip
             )
         except ApiError:
-            await websocket.close(CLOSE_POLICY)
+            await websocket.close(CLOSE_POLICY)  # before the handshake: HTTP 403
             return
-        await websocket.accept()
-        session = await deliveries.open(
-            who.account_id, who.device_id, StarletteTransport(websocket)
-        )
+        if not await websocket.accept():
+            return
+        session = await deliveries.open(who.account_id, who.device_id, websocket)
         pusher = asyncio.create_task(session.run())
         connection = _Connection(websocket, who, messages, session)
         try:
             await connection.read()
         except FrameError as exc:
             session.close_soon(exc.code)
-        except (WebSocketDisconnect, RuntimeError):
+        except OSError:  # the client went away mid-frame
             pass
         finally:
             deliveries.close(session)
@@ -185,3 +207,27 @@ def websocket_endpoint(
                 await asyncio.wait_for(pusher, 5)
 
     return endpoint
+
+
+class PushSocket:
+    """ASGI middleware: the push websocket path goes to ``endpoint`` directly."""
+
+    PATH = "/v1/websocket"
+
+    def __init__(self, app: ASGIApp, state: dict[str, Any]) -> None:
+        self.app = app
+        self.state = state  # "push": the endpoint, once start-up has built it
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or scope["path"] != self.PATH:
+            await self.app(scope, receive, send)
+            return
+        socket = Socket(scope, receive, send)
+        endpoint: Endpoint | None = self.state.get("push")
+        if endpoint is None:  # still starting
+            await socket.close(1013)
+            return
+        try:
+            await endpoint(socket)
+        except Exception as exc:
+            log.error("internal error: %s", type(exc).__name__)
