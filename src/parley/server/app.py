@@ -210,7 +210,8 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             cluster = None
             fanout = LocalFanout()
         app.state.fanout = fanout
-        lease = Lease(engine, "leader", node, now_ms)
+        # A single node does all singleton work itself; a cluster node holds the lease.
+        lease = Lease(engine, "leader", node, now_ms) if config.redis_url else None
         queue = MessageQueue(engine, fanout.deliver)
         codes, provisioning, connections = (
             CodeStore(engine),
@@ -291,9 +292,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         queue.start()
         state.update(queue=queue, handlers=handlers, engine=engine)
         tasks: list[asyncio.Task[Any]] = []
-        kt_handler = KtHandler(
-            KtStore(engine), staff_side.transparency, now_ms, lease if cluster is not None else None
-        )
+        kt_handler = KtHandler(KtStore(engine), staff_side.transparency, now_ms, lease)
         if cluster is not None:
             cluster.on_account_changed = accounts.forget_account
             cluster.on_signals = _caching(accounts)
@@ -302,7 +301,9 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             kt_handler.notify_cluster = cluster.kt_changed
             accounts.on_account_changed = cluster.account_changed
             tasks.append(asyncio.create_task(cluster.run()))
-        await lease.renew()
+        if lease is not None:
+            await lease.renew()
+            tasks.append(asyncio.create_task(_lead(lease, kt_handler)))
         singleton: list[Callable[[int], Awaitable[object]]] = [
             codes.prune,
             provisioning.prune,
@@ -310,7 +311,6 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             _notices_due(staff_side.legal),
             lambda now: groups_store.prune_departures(now - MEMBERSHIP_RETENTION_MS),
         ]
-        tasks.append(asyncio.create_task(_lead(lease, kt_handler)))
         tasks.append(asyncio.create_task(_maintain(config, lease, queue, singleton, connections)))
         tasks.append(asyncio.create_task(db.checkpoint_loop(engine)))
         # With signals, standing changes are pushed; the poll stays as a safety net
@@ -351,8 +351,9 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
                 task.cancel()
             await fanout.close_all()
             await queue.close()
-            with contextlib.suppress(Exception):
-                await lease.release()
+            if lease is not None:
+                with contextlib.suppress(Exception):
+                    await lease.release()
             if redis is not None:
                 with contextlib.suppress(Exception):
                     await redis.aclose()
@@ -454,7 +455,7 @@ def _notices_due(legal: LegalHandler) -> Callable[[int], Awaitable[object]]:
 
 async def _maintain(
     config: ServerConfig,
-    lease: Lease,
+    lease: Lease | None,
     queue: MessageQueue,
     singleton: list[Callable[[int], Awaitable[object]]],
     connections: ConnectionLog,
@@ -464,7 +465,7 @@ async def _maintain(
     while True:
         now = now_ms()
         try:
-            if lease.held:
+            if lease is None or lease.held:
                 expired = await queue.prune(now, now - SENT_KEY_RETENTION_MS)
                 pruned = await connections.prune(now - config.ip_retention_ms)
                 for work in singleton:
