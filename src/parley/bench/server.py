@@ -53,10 +53,12 @@ Keys per server (the figures of the ``closed`` phase unless named):
   CPU is sampled over each window; CPU used by anything other than the
   server, its database, the generator and this orchestrator above 15% of
   the machine marks the phase contaminated (``outside_top_cpu_pct`` names
-  the busiest outside processes among those alive at both ends of the window), and it is run once more, after waiting up
-  to 60 s for the machine to calm down: the reported figures are the second
-  run's, ``retries`` keeps the first, and ``contaminated`` says whether any
-  reported phase still was;
+  the busiest outside processes alive at both ends of the window), and it
+  is run once more, after waiting up to 60 s for the machine to calm down:
+  the reported figures are the second run's, ``retries`` keeps the first,
+  and ``contaminated`` says whether any reported phase still was (a phase
+  that lost connections is not retried: the retry would run on fewer
+  pairs; it says ``retry_skipped``);
 - ``errors`` (sends the server refused), ``phases`` (per-phase detail, with
   ``undelivered``, ``unsendable`` and ``connections_lost`` and the close codes).
 
@@ -81,6 +83,7 @@ import os
 import platform
 import queue
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -550,7 +553,10 @@ def _measure(
         for name, cmd, warm, window in plan:
             result = _phase(target, gens, cmd, warm, window)
             log(f"  {name}: {_brief(result)}")
-            if result["contaminated"]:
+            if result["contaminated"] and result["connections_lost"]:
+                # Lost connections stay lost: a retry would measure fewer pairs.
+                result["retry_skipped"] = "connections were lost"
+            elif result["contaminated"]:
                 retries.append({"phase": name, **result})
                 retries[-1]["machine_cpu_pct_before_retry"] = _wait_for_quiet()
                 result = _phase(target, gens, cmd, warm, window)
@@ -635,6 +641,10 @@ def _machine(generators: int) -> dict[str, Any]:
     }
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(
     *,
     quick: bool = False,
@@ -651,6 +661,10 @@ def run(
     for name in peers:
         if name not in peer_servers.STARTERS:
             raise ValueError(f"unknown peer {name!r} (known: {', '.join(peer_servers.STARTERS)})")
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM unwinds like Ctrl-C, so the servers stop, the temporary
+        # directory goes and the cluster's database is dropped.
+        signal.signal(signal.SIGTERM, _interrupted)
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="parley-bench-") as tmp_name:
         tmp = Path(tmp_name)
