@@ -35,7 +35,14 @@ def _worst() -> dict[str, Any]:
         "category": "\U0001f600" * 16,  # twelve bytes each when escaped
         "comment": "\U0001f600" * MAX_COMMENT,
         "messages": [message] * (1 + MAX_CONTEXT),
-        "attachments": [{"id": control * MAX_ATTACHMENT_ID, "key": KEY, "digest": KEY}]
+        "attachments": [
+            {
+                "id": control * MAX_ATTACHMENT_ID,
+                "key": KEY,
+                "digest": KEY,
+                "name": "\U0001f600" * 255,  # the reporter's file name (a claim)
+            }
+        ]
         * MAX_ATTACHMENTS,
     }
 

@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
         "add", help="create a staff member (local only); prints the credential once"
     )
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=["moderator", "legal", "auditor"])
+    add.add_argument("--role", required=True, choices=["moderator", "legal", "auditor", "operator"])
+    sl = staff.add_parser("list", help="list staff members (local only)")
+    sl.add_argument("--json", action="store_true")
+    sv = staff.add_parser("revoke", help="revoke a staff credential (local only)")
+    sv.add_argument("id", help="the staff id (the part of the credential before the dot)")
 
     reports = sub.add_parser("reports").add_subparsers(dest="reports_command", required=True)
     rl = reports.add_parser("list")
@@ -159,6 +163,10 @@ def _token(args: argparse.Namespace) -> str:
 async def _local(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - one dispatch table
     async with Local(args) as local:
         m = local.moderation
+        if args.command == "staff" and args.staff_command == "list":
+            return {"staff": await m.list_staff(None)}
+        if args.command == "staff" and args.staff_command == "revoke":
+            return await m.revoke_staff(None, args.id)
         if args.command == "staff":
             member, credential = await m.add_staff("operator@local", args.name, args.role)
             return {
@@ -253,7 +261,7 @@ def _read_text(path: Path) -> bytes:
 async def _remote(args: argparse.Namespace) -> Any:  # noqa: PLR0911, PLR0912 - one dispatch table
     if args.command == "staff":
         raise ParleyError(
-            "staff can only be added on the server's machine: parley-admin --data-dir DIR staff add ..."
+            "staff are managed on the server's machine: parley-admin --data-dir DIR staff ..."
         )
     api = ApiClient(args.server, _token(args))
     try:
@@ -424,6 +432,22 @@ def _render_reports(reports: list[dict[str, Any]]) -> None:
     out.print(table)
 
 
+def _render_staff(staff: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        _json({"staff": [with_iso(s, "created_ms", "revoked_ms") for s in staff]})
+        return
+    table = Table("id", "name", "role", "added", "revoked")
+    for s in staff:
+        table.add_row(
+            literal(s.get("id")),
+            literal(s.get("name")),
+            literal(s.get("role")),
+            literal(local_time(s.get("created_ms"))),
+            literal(local_time(s.get("revoked_ms")) if s.get("revoked_ms") else ""),
+        )
+    out.print(table)
+
+
 def _render_audit(result: dict[str, Any]) -> None:
     table = Table("seq", "time", "actor", "action", "target", "details")
     for e in result["entries"]:
@@ -532,6 +556,10 @@ def _render(args: argparse.Namespace, result: Any) -> None:  # noqa: PLR0912 - o
             _say("Revoked the authority ", result.get("revoked", args.name), ".")
     elif command == "policy":
         _json(result)
+    elif command == "staff" and args.staff_command == "list":
+        _render_staff(result["staff"], getattr(args, "json", False))
+    elif command == "staff" and args.staff_command == "revoke":
+        _say("Revoked staff credential ", result["revoked"], "; its console sessions ended.")
     elif command == "staff":
         s = result["staff"]
         _say(

@@ -65,6 +65,14 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         default=10.0,
         help="key directory epoch interval (default 10)",
     )
+    p.add_argument(
+        "--console-idle-minutes",
+        type=float,
+        default=30.0,
+        help="a staff console session ends after this long without a request (default 30)",
+    )
+    p.add_argument("--console-idle-seconds", type=float, help=argparse.SUPPRESS)  # tests
+    p.add_argument("--csp-report-file", type=Path, help=argparse.SUPPRESS)  # tests
     args = p.parse_args(argv)
     data_dir: Path = args.data_dir.resolve()
     if not 0 < args.port < 65536:
@@ -100,6 +108,8 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         log_level=args.log_level,
         redis_url=args.redis_url,
         workers=args.workers,
+        console_idle_s=args.console_idle_seconds or args.console_idle_minutes * 60,
+        csp_report_file=args.csp_report_file,
     )
 
 
@@ -109,7 +119,15 @@ CONFIG_ENV = "PARLEY_SERVER_CONFIG"
 def app_from_env() -> object:
     """The app factory each ``--workers`` process calls (uvicorn imports it by name)."""
     fields = json.loads(os.environ[CONFIG_ENV])
-    config = ServerConfig(**{**fields, "data_dir": Path(fields["data_dir"])})
+    config = ServerConfig(
+        **{
+            **fields,
+            "data_dir": Path(fields["data_dir"]),
+            "csp_report_file": Path(fields["csp_report_file"])
+            if fields.get("csp_report_file")
+            else None,
+        }
+    )
     logs.configure(config.log_level)
     from parley.server.app import create_app
 
@@ -137,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.workers > 1:
         os.environ[CONFIG_ENV] = json.dumps(
-            {**dataclasses.asdict(config), "data_dir": str(config.data_dir)}
+            {
+                **dataclasses.asdict(config),
+                "data_dir": str(config.data_dir),
+                "csp_report_file": str(config.csp_report_file or ""),
+            }
         )
         app = "parley.cli.server:app_from_env"
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal

@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from redis.asyncio import Redis
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,10 +30,13 @@ from parley import __version__
 from parley.crypto.primitives import SigningKey
 from parley.errors import ApiError, RateLimited
 from parley.server.api.admin import build_admin_router
+from parley.server.api.console import build_console_router
+from parley.server.api.html import SecurityHeaders, error_page, is_html
 from parley.server.api.kt import build_kt_router
 from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.schemas import MAX_REPORT_BODY
+from parley.server.api.site import build_site_router
 from parley.server.api.websocket import PushSocket, websocket_endpoint
 from parley.server.config import ServerConfig
 from parley.server.disclosure.package import DisclosureReader
@@ -41,6 +44,7 @@ from parley.server.fanout.cluster import ClusterFanout
 from parley.server.fanout.local import LocalFanout
 from parley.server.handlers.accounts import AccountsHandler
 from parley.server.handlers.attachments import AttachmentsHandler
+from parley.server.handlers.console import ConsoleHandler
 from parley.server.handlers.delivery import Deliveries
 from parley.server.handlers.groups import GroupsHandler
 from parley.server.handlers.keys import KeysHandler
@@ -66,6 +70,7 @@ from parley.server.storage.moderation import (
     AuditLog,
     NoticeStore,
     ReportStore,
+    SessionStore,
     StaffStore,
     StatusStore,
 )
@@ -286,6 +291,26 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
                 now_ms,
             )
         )
+        console = ConsoleHandler(
+            SessionStore(engine),
+            moderation,
+            AuditLog(engine),
+            pepper,
+            int(config.console_idle_s * 1000),
+            int(config.console_max_s * 1000),
+            now_ms,
+        )
+        app.include_router(
+            build_console_router(
+                console,
+                moderation,
+                staff_side.legal,
+                staff_side.transparency,
+                now_ms,
+                config.csp_report_file,
+            )
+        )
+        app.include_router(build_site_router(staff_side.transparency, staff_side.legal, now_ms))
         state["push"] = websocket_endpoint(
             accounts, handlers.messages, Deliveries(queue, config.delivery_window, fanout)
         )
@@ -366,25 +391,31 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
     app.state.parley = state
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        if is_html(request.url.path):  # the console and the public site: an error page
+            return error_page(exc.http_status, exc.code, exc.message)
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
         return JSONResponse(
             error_body(exc.code, exc.message, **exc.details()), exc.http_status, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if is_html(request.url.path):
+            return error_page(400, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
         return JSONResponse(
             error_body("invalid_request", f"{where}: {first.get('msg', 'invalid input')}"), 400
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if isinstance(exc.__cause__, ApiError):  # raised while FastAPI read the body (edge.py)
             return await api_error(request, exc.__cause__)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        if is_html(request.url.path):
+            return error_page(exc.status_code, code, str(exc.detail))
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
     app.add_middleware(
@@ -393,6 +424,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         attachments=config.max_attachment_bytes,
         reports=max(config.max_body_bytes, MAX_REPORT_BODY),
     )
+    app.add_middleware(SecurityHeaders)  # the console and public pages: CSP, nosniff, no framing
     app.add_middleware(PushSocket, state=state)  # inside InternalErrors, outside routing
     app.add_middleware(InternalErrors)
     return app

@@ -31,6 +31,12 @@ class ServerConfig:
     log_level: str = "info"  # Parley's own loggers; see server/logs.py
     redis_url: str | None = None  # a cluster node: signals and rate limits in Redis
     workers: int = 1  # processes of this node (each is a node of the cluster)
+    # Staff console sessions end after this long without a request, and in any case
+    # after console_max_s from sign-in (README, "Staff console").
+    console_idle_s: float = 30 * 60.0
+    console_max_s: float = 8 * 3600.0
+    # Tests only: CSP violation reports the browser sends are appended here (JSON lines).
+    csp_report_file: Path | None = None
 
     @staticmethod
     def default_database_url(data_dir: Path) -> str:

@@ -54,7 +54,7 @@ def build_admin_router(
         (delivery order, the reported message last). Reporting a message again
         returns the existing report."""
         attachments = [
-            RevealedAttachment(a.id, b64(a.key, "key", 32), b64(a.digest, "digest", 32))
+            RevealedAttachment(a.id, b64(a.key, "key", 32), b64(a.digest, "digest", 32), a.name)
             for a in body.attachments
         ]
         done = await reports.submit(
@@ -79,7 +79,7 @@ def build_admin_router(
 
     @router.post("/admin/reports/{report_id}/resolve", tags=["admin"])
     async def resolve(report_id: str, body: s.ResolveIn, member: StaffMember) -> dict[str, Any]:
-        return await moderation.resolve(member, report_id, body.action, body.note)
+        return await moderation.resolve(member, report_id, body.action, body.note, body.days)
 
     @router.post("/admin/reports/{report_id}/remove-from-group", tags=["admin"])
     async def remove_from_group(report_id: str, member: StaffMember) -> dict[str, Any]:

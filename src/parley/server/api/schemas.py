@@ -261,6 +261,11 @@ class ReportAttachmentIn(Body):
     id: str = Field(max_length=MAX_ATTACHMENT_ID)
     key: str = Field(max_length=_B64_32)
     digest: str = Field(max_length=_B64_32)
+    name: str = Field(
+        default="",
+        max_length=255,
+        description="the file name the reporter's client shows (not franked: a claim)",
+    )
 
 
 class ReportIn(Body):
@@ -322,6 +327,7 @@ def _worst_report_body() -> int:
             _field("id", _text(MAX_ATTACHMENT_ID)),
             _field("key", 2 + _B64_32),
             _field("digest", 2 + _B64_32),
+            _field("name", _chars(255)),
         )
     )
     return 2 + sum(
@@ -356,3 +362,4 @@ class NoticesOut(BaseModel):
 class ResolveIn(Body):
     action: str = Field(max_length=16)
     note: str = Field(default="", max_length=1000)
+    days: int | None = Field(default=None, ge=1, le=365, description="a suspension's length")

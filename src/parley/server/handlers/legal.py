@@ -66,6 +66,20 @@ WHY_NOT = {
     "reports": "abuse reports are not disclosable under Parley's policy",
 }
 APPROVALS_NEEDED = 2
+# The checks ``submit`` runs, in order; each request records how each went.
+CHECKS = (
+    "the order has every required field",
+    "the authority is registered",
+    "the signature verifies against the authority's key",
+    "the authority's key is not revoked",
+    "the order's jurisdiction is the authority's",
+    "the dates are well-formed",
+    "the order is not dated in the future",
+    "the order has not expired",
+    "the order id was never submitted before (no replay)",
+    "the target is a Parley account",
+    "something Parley can disclose was requested",
+)
 # A re-submitted order: refused, logged, and counted as a replay, not as a request.
 REPLAY = "replay: this order id was already submitted"
 
@@ -141,6 +155,20 @@ class LegalHandler:
             raise NotFound("no such (unrevoked) authority")
         await self._audit.append(actor, "authority.revoke", name, {}, self._now())
 
+    async def add_authority_as(
+        self, staff: Staff, name: str, jurisdiction: str, public_key: bytes
+    ) -> str:
+        """``add_authority`` for a staff member, who must hold the legal role."""
+        self._require(staff, ("legal",))
+        if not name.strip() or len(name) > 200:
+            raise BadRequest("an authority's name is 1..200 characters", "invalid_request")
+        return await self.add_authority(staff.actor, name, jurisdiction, public_key)
+
+    async def revoke_authority_as(self, staff: Staff, name: str) -> None:
+        """``revoke_authority`` for a staff member, who must hold the legal role."""
+        self._require(staff, ("legal",))
+        await self.revoke_authority(staff.actor, name)
+
     # -- privacy policy ----------------------------------------------------------------------------
 
     async def publish_policy(self, text: bytes) -> dict[str, Any]:
@@ -192,12 +220,17 @@ class LegalHandler:
             )
         order_id = str(order["order_id"])[:128]
         authority = await self._store.authority(str(order["authority"]))
-        reason = await self._first_failure(order, signed.get("signature"), authority, now)
+        reason, checks = await self._checks(order, signed.get("signature"), authority, now)
         target = None
         if reason is None:
             target = await self._target(order["target"])
             if target is None:
                 reason = "the target is not a Parley account"
+                checks.append({"check": CHECKS[9], "result": "failed", "reason": reason})
+            else:
+                checks.append({"check": CHECKS[9], "result": "passed"})
+        else:
+            checks.append({"check": CHECKS[9], "result": "not run"})
         requested = (
             [str(d) for d in order["requested_data"]]
             if isinstance(order["requested_data"], list)
@@ -211,6 +244,9 @@ class LegalHandler:
         }
         if reason is None and not granted:
             reason = "nothing that Parley can disclose was requested"
+            checks.append({"check": CHECKS[10], "result": "failed", "reason": reason})
+        else:
+            checks.append({"check": CHECKS[10], "result": "not run" if reason else "passed"})
         status = "refused" if reason else "pending"
         request_id = secrets.token_hex(12)
         await self._store.add_request(
@@ -227,6 +263,7 @@ class LegalHandler:
                 "reason": reason,
                 "created_ms": now,
                 "notice_sent": False,
+                "checks": json.dumps(checks).encode(),
             }
         )
         await self._audit.append(
@@ -253,20 +290,49 @@ class LegalHandler:
         )
         return await self.show(staff, request_id, audit=False)
 
-    async def _first_failure(  # noqa: PLR0911 - one return per check, in the documented order
+    async def _checks(
         self, order: dict[str, Any], signature: object, authority: dict[str, Any] | None, now: int
-    ) -> str | None:
-        if authority is None:
-            return "unknown authority"
-        try:
-            sig = base64.b64decode(str(signature), validate=True)
-            VerifyKey(authority["public_key"]).verify(sig, bytes(rfc8785.dumps(order)))
-        except (InvalidSignature, ValueError, MalformedMessage):
-            return "the signature does not verify against the authority's key"
-        if authority["revoked_ms"] is not None:
-            return "the authority's key was revoked"
-        if order["jurisdiction"] != authority["jurisdiction"]:
-            return "the order's jurisdiction is not the authority's"
+    ) -> tuple[str | None, list[dict[str, str]]]:
+        """Run the checks in order; returns the first failure (the refusal reason) and
+        every check as passed, failed (with the reason) or not run (after a failure)."""
+        results: list[dict[str, str]] = [{"check": CHECKS[0], "result": "passed"}]
+        failure: str | None = None
+
+        def record(check: str, reason: str | None) -> bool:
+            nonlocal failure
+            if failure is not None:
+                results.append({"check": check, "result": "not run"})
+                return False
+            if reason is not None:
+                failure = reason
+                results.append({"check": check, "result": "failed", "reason": reason})
+                return False
+            results.append({"check": check, "result": "passed"})
+            return True
+
+        record(CHECKS[1], None if authority is not None else "unknown authority")
+        signature_ok: str | None = "the signature does not verify against the authority's key"
+        if failure is None and authority is not None:
+            try:
+                sig = base64.b64decode(str(signature), validate=True)
+                VerifyKey(authority["public_key"]).verify(sig, bytes(rfc8785.dumps(order)))
+                signature_ok = None
+            except (InvalidSignature, ValueError, MalformedMessage):
+                pass
+        record(CHECKS[2], signature_ok)
+        record(
+            CHECKS[3],
+            "the authority's key was revoked"
+            if authority is not None and authority["revoked_ms"] is not None
+            else None,
+        )
+        record(
+            CHECKS[4],
+            "the order's jurisdiction is not the authority's"
+            if authority is not None and order["jurisdiction"] != authority["jurisdiction"]
+            else None,
+        )
+        issued = expires = 0
         try:
             issued, expires = (
                 _ms(order["issued_at"], "issued_at"),
@@ -276,15 +342,15 @@ class LegalHandler:
                 _ms(order["time_range"]["from"], "time_range.from"),
                 _ms(order["time_range"]["to"], "time_range.to"),
             )
+            dates: str | None = None
         except (BadRequest, KeyError, TypeError):
-            return "malformed dates"
-        if issued > now:
-            return "the order is dated in the future"
-        if expires <= now:
-            return "the order has expired"
-        if await self._store.order_seen(str(order["order_id"])):
-            return REPLAY
-        return None
+            dates = "malformed dates"
+        record(CHECKS[5], dates)
+        record(CHECKS[6], "the order is dated in the future" if issued > now else None)
+        record(CHECKS[7], "the order has expired" if expires <= now else None)
+        seen = failure is None and await self._store.order_seen(str(order["order_id"]))
+        record(CHECKS[8], REPLAY if seen else None)
+        return failure, results
 
     async def _target(self, raw: object) -> str | None:
         try:
@@ -417,3 +483,76 @@ class LegalHandler:
     def _require(staff: Staff, roles: tuple[str, ...]) -> None:
         if staff.role not in roles:
             raise Forbidden(f"the {staff.role} role cannot do this")
+
+    # -- the console's views (each audited) ------------------------------------------------------
+
+    async def list_requests(self, staff: Staff) -> list[dict[str, Any]]:
+        """Every lawful request, oldest first."""
+        self._require(staff, ("legal", "auditor"))
+        found = await self._store.requests()
+        await self._audit.append(
+            staff.actor, "legal.list", "requests", {"count": len(found)}, self._now()
+        )
+        return found
+
+    async def authorities(self, staff: Staff) -> list[dict[str, Any]]:
+        """Registered authorities, revoked ones included, with their public keys."""
+        self._require(staff, ("legal", "auditor"))
+        found = await self._store.authorities()
+        await self._audit.append(
+            staff.actor, "authority.list", "authorities", {"count": len(found)}, self._now()
+        )
+        return found
+
+    async def notice_schedule(self, staff: Staff) -> list[dict[str, Any]]:
+        """When each approved request's target is (or was) told: at approval, or when
+        the order's non-disclosure date passes."""
+        self._require(staff, ("legal", "auditor"))
+        schedule = []
+        for r in await self._store.requests():
+            if r["status"] != "approved" or not r["target_account"]:
+                continue
+            until = r["order"].get("non_disclosure_until")
+            try:
+                due = _ms(until, "non_disclosure_until") if until else None
+            except BadRequest:
+                due = None
+            schedule.append(
+                {
+                    "request": r["id"],
+                    "authority": r["order"].get("authority"),
+                    "data": r["granted"],
+                    "due_ms": due,
+                    "sent": r["notice_sent"],
+                }
+            )
+        await self._audit.append(
+            staff.actor, "legal.notices", "schedule", {"count": len(schedule)}, self._now()
+        )
+        return schedule
+
+    async def policy_history(self) -> list[dict[str, Any]]:
+        """Every privacy-policy version whose hash is in the transparency log (public);
+        a version that does not match its log entry is listed as such, without text."""
+        out = []
+        for p in await self._store.policies():
+            found = await self._log.entries(p["log_index"], p["log_index"] + 1)
+            entry = found[0] if found else None
+            digest = hashlib.sha256(p["text"]).hexdigest()
+            matches = (
+                entry is not None
+                and entry["kind"] == "privacy_policy"
+                and entry["body"].get("sha256") == digest
+                and entry["body"].get("version") == p["version"]
+            )
+            out.append(
+                {
+                    "version": p["version"],
+                    "sha256": digest,
+                    "log_index": p["log_index"],
+                    "published_ms": p["published_ms"],
+                    "in_log": matches,
+                    "text": p["text"].decode(errors="replace") if matches else None,
+                }
+            )
+        return out

@@ -33,6 +33,8 @@ from parley.server.storage.moderation import (
 # Staff is re-exported: routes take it from here, not from storage (parley/server/api/__init__.py).
 __all__ = [
     "ACTIONS",
+    "MAX_SUSPEND_DAYS",
+    "OPERATORS",
     "READERS",
     "ROLES",
     "STATUS_FOR",
@@ -41,11 +43,14 @@ __all__ = [
     "Staff",
 ]
 
-ROLES = ("moderator", "legal", "auditor")
+ROLES = ("moderator", "legal", "auditor", "operator")
 ACTIONS = ("dismiss", "warn", "restrict", "suspend", "ban")
 STATUS_FOR = {"restrict": "restricted", "suspend": "suspended", "ban": "banned"}
 SUSPEND_DAYS = 7
+MAX_SUSPEND_DAYS = 365
 READERS = ("moderator", "auditor")
+OPERATORS = ("operator",)
+DAY_MS = 86_400_000
 
 
 class ModerationHandler:
@@ -127,10 +132,19 @@ class ModerationHandler:
         await self._audit.append(staff.actor, "reports.show", report_id, {}, self._now())
         return report
 
-    async def resolve(self, staff: Staff, report_id: str, action: str, note: str) -> dict[str, Any]:
+    async def resolve(
+        self, staff: Staff, report_id: str, action: str, note: str, days: int | None = None
+    ) -> dict[str, Any]:
+        """Resolve an open report; ``days`` is a suspension's length (``SUSPEND_DAYS``
+        when not given, 1..``MAX_SUSPEND_DAYS``), refused with any other action."""
         await self._require(staff, ("moderator",), "act on reports", report_id)
         if action not in ACTIONS:
             raise BadRequest(f"action must be one of {', '.join(ACTIONS)}", "invalid_request")
+        if days is not None and (action != "suspend" or not 1 <= days <= MAX_SUSPEND_DAYS):
+            raise BadRequest(
+                f"a duration goes with suspend only, 1..{MAX_SUSPEND_DAYS} days", "invalid_request"
+            )
+        days = days if days is not None else SUSPEND_DAYS
         report = await self._reports.get(report_id)
         if report is None:
             raise NotFound("no such report")
@@ -139,13 +153,18 @@ class ModerationHandler:
         now = self._now()
         target = report["sender_account"]
         if action in STATUS_FOR:
-            until = now + SUSPEND_DAYS * 86_400_000 if action == "suspend" else None
+            until = now + days * DAY_MS if action == "suspend" else None
             await self._status.set(target, STATUS_FOR[action], until)
         await self._audit.append(
             staff.actor,
             "reports.resolve",
             report_id,
-            {"action": action, "account": target, "note": note[:1000]},
+            {
+                "action": action,
+                "account": target,
+                "note": note[:1000],
+                **({"days": days} if action == "suspend" else {}),
+            },
             now,
         )
         await self._notices.add(
@@ -165,7 +184,7 @@ class ModerationHandler:
                     "kind": "moderation",
                     "action": action,
                     "category": report["category"],
-                    "until_ms": now + SUSPEND_DAYS * 86_400_000 if action == "suspend" else None,
+                    "until_ms": now + days * DAY_MS if action == "suspend" else None,
                 },
                 now,
             )
@@ -206,3 +225,162 @@ class ModerationHandler:
             staff.actor, "audit.list", "audit_log", {"count": len(entries)}, self._now()
         )
         return {"entries": entries, "chain_intact": intact}
+
+    # -- the console's views (each audited, as every read above) ---------------------------------
+
+    async def record_view(self, staff: Staff, what: str, target: str) -> None:
+        """Audit a console page that no other handler call audits (a dashboard, a report
+        of the public log)."""
+        await self._audit.append(staff.actor, "console.view", target, {"page": what}, self._now())
+
+    async def member(self, staff_id: str) -> Staff | None:
+        """A current (unrevoked) staff member by id."""
+        found = await self._staff.by_id(staff_id)
+        return None if found is None else found[0]
+
+    async def names_of(self, staff_ids: list[str]) -> dict[str, str]:
+        """Staff names for ids shown on a page (the approvals of a lawful request)."""
+        wanted = set(staff_ids)
+        return {s["id"]: s["name"] for s in await self._staff.list() if s["id"] in wanted}
+
+    async def report_queue(
+        self,
+        staff: Staff,
+        status: str | None,
+        category: str | None,
+        older_than_h: int | None,
+        newer_than_h: int | None,
+    ) -> dict[str, Any]:
+        """Reports filtered by status, category and age (hours), oldest first, with
+        the counts by status and by category of the whole queue."""
+        await self._require(staff, READERS, "read reports", status or "all")
+        everything = await self._reports.list(None)
+        now = self._now()
+        counts: dict[str, dict[str, int]] = {"status": {}, "category": {}}
+        for r in everything:
+            counts["status"][r["status"]] = counts["status"].get(r["status"], 0) + 1
+            if r["status"] == "open":
+                counts["category"][r["category"]] = counts["category"].get(r["category"], 0) + 1
+        shown = [
+            {k: v for k, v in r.items() if k != "messages"}
+            for r in everything
+            if (not status or r["status"] == status)
+            and (not category or r["category"] == category)
+            and (older_than_h is None or r["created_ms"] <= now - older_than_h * 3_600_000)
+            and (newer_than_h is None or r["created_ms"] >= now - newer_than_h * 3_600_000)
+        ]
+        await self._audit.append(
+            staff.actor,
+            "reports.list",
+            status or "all",
+            {"count": len(shown), "category": category or "all"},
+            now,
+        )
+        return {"reports": shown, "counts": counts, "total": len(everything)}
+
+    async def standing_of(self, account_id: str) -> dict[str, Any]:
+        """An account's standing for a report page: its status now, and its record as
+        a sender of reported messages and as a reporter. Callers have checked the role."""
+        status, until = (await self._status.all()).get(account_id, ("active", None))
+        if until is not None and until < self._now():
+            status, until = "active", None
+        everything = await self._reports.list(None)
+        against = [r for r in everything if r["sender_account"] == account_id]
+        made = [r for r in everything if r["reporter"] == account_id]
+        return {
+            "account": account_id,
+            "status": status,
+            "until_ms": until,
+            "reported": len(against),
+            "actioned": sum(1 for r in against if r["action"] not in (None, "dismiss")),
+            "reports_made": len(made),
+            "reports_dismissed": sum(1 for r in made if r["action"] == "dismiss"),
+        }
+
+    async def report_page(self, staff: Staff, report_id: str) -> dict[str, Any]:
+        """A report with the standing of its reporter and sender (audited as a read)."""
+        report = await self.show_report(staff, report_id)
+        return {
+            **report,
+            "reporter_standing": await self.standing_of(report["reporter"]),
+            "sender_standing": await self.standing_of(report["sender_account"]),
+        }
+
+    async def report_attachment(self, staff: Staff, report_id: str, index: int) -> dict[str, Any]:
+        """One revealed attachment of a report: the bytes opened, at report time, from
+        the blob whose digest the reported message franked."""
+        await self._require(staff, READERS, "read reports", report_id)
+        report = await self._reports.get(report_id)
+        if report is None:
+            raise NotFound("no such report")
+        attachments = report["messages"].get("attachments", [])
+        if not 0 <= index < len(attachments) or not attachments[index].get("available"):
+            raise NotFound("no such attachment, or it could not be opened")
+        await self._audit.append(
+            staff.actor, "reports.attachment", report_id, {"index": index}, self._now()
+        )
+        return dict(attachments[index])
+
+    async def account_history(self, staff: Staff, account_id: str) -> dict[str, Any]:
+        """Every moderation action on an account (from the audit log) and the reports
+        made about it and by it."""
+        await self._require(staff, READERS, "read account histories", account_id)
+        if not account_id or len(account_id) > 64:
+            raise BadRequest("an account id is 1..64 characters", "invalid_request")
+        actions = [
+            {
+                "at_ms": e["at_ms"],
+                "actor": e["actor"],
+                "action": e["details"].get("action")
+                if e["action"] == "reports.resolve"
+                else "remove_from_group",
+                "report": e["target"]
+                if e["action"] == "reports.resolve"
+                else e["details"].get("report"),
+                "days": e["details"].get("days"),
+                "note": e["details"].get("note", ""),
+            }
+            for e in await self._audit.entries()
+            if e["action"] in ("reports.resolve", "groups.remove_member")
+            and e["details"].get("account") == account_id
+        ]
+        everything = await self._reports.list(None)
+        await self._audit.append(
+            staff.actor, "accounts.history", account_id, {"actions": len(actions)}, self._now()
+        )
+        return {
+            "account": account_id,
+            "standing": await self.standing_of(account_id),
+            "actions": actions,
+            "reports_about": [
+                {k: v for k, v in r.items() if k != "messages"}
+                for r in everything
+                if r["sender_account"] == account_id
+            ],
+            "reports_by": [
+                {k: v for k, v in r.items() if k != "messages"}
+                for r in everything
+                if r["reporter"] == account_id
+            ],
+        }
+
+    # -- staff management (operators; adding stays local: parley-admin --data-dir) -------------
+
+    async def list_staff(self, staff: Staff | None) -> list[dict[str, Any]]:
+        """Every staff member; ``None`` is the local operator (parley-admin --data-dir)."""
+        actor = "operator@local" if staff is None else staff.actor
+        if staff is not None:
+            await self._require(staff, OPERATORS, "list staff", "staff")
+        found = await self._staff.list()
+        await self._audit.append(actor, "staff.list", "staff", {"count": len(found)}, self._now())
+        return found
+
+    async def revoke_staff(self, staff: Staff | None, staff_id: str) -> dict[str, Any]:
+        """Revoke a credential and end its console sessions; ``None`` is the local operator."""
+        actor = "operator@local" if staff is None else staff.actor
+        if staff is not None:
+            await self._require(staff, OPERATORS, "revoke staff", staff_id)
+        if not await self._staff.revoke(staff_id, self._now()):
+            raise NotFound("no such staff member, or already revoked")
+        await self._audit.append(actor, "staff.revoke", staff_id, {}, self._now())
+        return {"revoked": staff_id}

@@ -79,6 +79,9 @@ class RevealedAttachment:
     id: str
     key: bytes
     digest: bytes
+    # The file name the reporter's client shows. It is not franked, so it is kept
+    # as the reporter's claim and shown as such; the bytes are what the digest names.
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +192,7 @@ class ReportsHandler:
 
     async def _open_attachment(self, a: RevealedAttachment) -> dict[str, object]:
         """The attachment as the receiver saw it, or why it cannot be shown."""
-        shown: dict[str, object] = {"id": a.id, "digest": a.digest.hex()}
+        shown: dict[str, object] = {"id": a.id, "digest": a.digest.hex(), "name": a.name}
         try:
             blob = await self._blobs.get(a.id, self._now()) if _is_blob_id(a.id) else None
         except OSError:  # pruned between the lookup and the read

@@ -44,6 +44,21 @@ class LegalStore:
             "revoked_ms": row.revoked_ms,
         }
 
+    async def authorities(self) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(authorities).order_by(authorities.c.created_ms))
+            return [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "jurisdiction": r.jurisdiction,
+                    "public_key": bytes(r.public_key),
+                    "created_ms": r.created_ms,
+                    "revoked_ms": r.revoked_ms,
+                }
+                for r in rows
+            ]
+
     async def revoke_authority(self, name: str, now_ms: int) -> bool:
         async with self._engine.begin() as conn:
             result = await conn.execute(
@@ -109,6 +124,21 @@ class LegalStore:
                 )
             )
 
+    async def policies(self) -> list[dict[str, Any]]:
+        """Every policy version, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(policies).order_by(policies.c.version))
+            return [
+                {
+                    "version": r.version,
+                    "text": bytes(r.text),
+                    "sha256": bytes(r.sha256),
+                    "log_index": r.log_index,
+                    "published_ms": r.published_ms,
+                }
+                for r in rows
+            ]
+
     async def latest_policy(self) -> dict[str, Any] | None:
         async with self._engine.connect() as conn:
             row = (
@@ -139,4 +169,5 @@ def _request(row: Any) -> dict[str, Any]:
         "reason": row.reason,
         "created_ms": row.created_ms,
         "notice_sent": bool(row.notice_sent),
+        "checks": json.loads(row.checks) if row.checks is not None else None,
     }

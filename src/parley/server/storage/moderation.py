@@ -16,7 +16,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.crypto.primitives import constant_time_equal, sha256
-from parley.server.storage.tables import account_status, audit_log, notices, reports, staff
+from parley.server.storage.tables import (
+    account_status,
+    audit_log,
+    console_sessions,
+    notices,
+    reports,
+    staff,
+)
 
 GENESIS = b"\x00" * 32
 
@@ -52,11 +59,95 @@ class StaffStore:
             )
 
     async def by_id(self, staff_id: str) -> tuple[Staff, bytes] | None:
+        """The staff member and credential hash; None if unknown or revoked."""
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(staff).where(staff.c.id == staff_id))).first()
+            row = (
+                await conn.execute(
+                    select(staff).where(staff.c.id == staff_id, staff.c.revoked_ms.is_(None))
+                )
+            ).first()
         return (
             None if row is None else (Staff(row.id, row.name, row.role), bytes(row.credential_hash))
         )
+
+    async def list(self) -> list[dict[str, Any]]:
+        """Every staff member, revoked ones included (never the credential hash)."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                select(
+                    staff.c.id, staff.c.name, staff.c.role, staff.c.created_ms, staff.c.revoked_ms
+                ).order_by(staff.c.created_ms)
+            )
+            return [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "role": r.role,
+                    "created_ms": r.created_ms,
+                    "revoked_ms": r.revoked_ms,
+                }
+                for r in rows
+            ]
+
+    async def revoke(self, staff_id: str, now_ms: int) -> bool:
+        """Revoke a credential; its console sessions go with it. False if unknown or
+        already revoked."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(staff)
+                .where(staff.c.id == staff_id, staff.c.revoked_ms.is_(None))
+                .values(revoked_ms=now_ms)
+            )
+            await conn.execute(
+                delete(console_sessions).where(console_sessions.c.staff_id == staff_id)
+            )
+        return bool(result.rowcount)
+
+
+class SessionStore:
+    """Staff console sessions, keyed by a keyed hash of the cookie's token."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add(self, id_hash: bytes, staff_id: str, now_ms: int, expires_ms: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(console_sessions).where(console_sessions.c.expires_ms < now_ms)
+            )
+            await conn.execute(
+                insert(console_sessions).values(
+                    id_hash=id_hash, staff_id=staff_id, created_ms=now_ms, expires_ms=expires_ms
+                )
+            )
+
+    async def get(self, id_hash: bytes, now_ms: int) -> tuple[str, int, int] | None:
+        """The session's staff id, creation and expiry times; None when it is unknown,
+        ended or expired."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(console_sessions).where(
+                        console_sessions.c.id_hash == id_hash,
+                        console_sessions.c.expires_ms > now_ms,
+                    )
+                )
+            ).first()
+        return None if row is None else (str(row.staff_id), row.created_ms, row.expires_ms)
+
+    async def extend(self, id_hash: bytes, expires_ms: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(console_sessions)
+                .where(console_sessions.c.id_hash == id_hash)
+                .values(expires_ms=expires_ms)
+            )
+
+    async def remove(self, id_hash: bytes) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                delete(console_sessions).where(console_sessions.c.id_hash == id_hash)
+            )
 
 
 class ReportStore:

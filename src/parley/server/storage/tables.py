@@ -220,7 +220,23 @@ staff = Table(
     Column("role", String(16), nullable=False),
     Column("credential_hash", LargeBinary(32), nullable=False),
     Column("created_ms", BigInteger, nullable=False),
+    # When the credential was revoked (migration 0009): it then authenticates nothing.
+    Column("revoked_ms", BigInteger, nullable=True),
 )
+
+# Staff console sessions (migration 0009): the cookie's token is stored only as a
+# keyed hash, so a copy of the database opens no session.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", LargeBinary(32), primary_key=True),
+    Column("staff_id", String(32), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_console_sessions_staff", "staff_id"),
+    Index("ix_console_sessions_expiry", "expires_ms"),
+)
+
 
 reports = Table(
     "reports",
@@ -330,6 +346,8 @@ legal_requests = Table(
     Column("reason", String(1000), nullable=True),
     Column("created_ms", BigInteger, nullable=False),
     Column("notice_sent", Boolean, nullable=False),
+    # Each check run at submission, passed/failed/not run (JSON; migration 0009).
+    Column("checks", LargeBinary, nullable=True),
 )
 
 policies = Table(
