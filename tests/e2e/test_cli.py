@@ -177,7 +177,7 @@ def test_wrong_passphrase_fails_cleanly_without_touching_the_store(
 ) -> None:
     server, run = cli
     _register(server, run, "alice")
-    store = tmp_path / "alice" / "profile.enc"
+    store = tmp_path / "alice" / "profile.db"
     before = (store.read_bytes(), store.stat().st_mtime_ns)
     result = run("alice", "whoami", passphrase="wrong", check=False)
     assert result.returncode == 1
@@ -232,7 +232,7 @@ def test_attachments_export_and_delete_account(
     assert exported["phone"] == bob and exported["history"][0]["text"] == "see attached"
     assert "identity" not in json.dumps(exported) and "key" not in json.dumps(exported["history"])
     run("bob", "delete-account", "--yes")
-    assert not (tmp_path / "bob" / "profile.enc").exists()
+    assert not (tmp_path / "bob" / "profile.db").exists()
     gone = run("alice", "send", bob, "anyone?", check=False)
     assert gone.returncode == 1 and "not on Parley" in gone.stderr
 

@@ -84,7 +84,7 @@ def test_register_refuses_to_replace_a_registered_profile(
     newer = new_phone()
     run("alice", "register", newer, "--server", server.url, "--force")
     aside = sorted(tmp_path.glob("alice.replaced-*"))
-    assert len(aside) == 1 and (aside[0] / "profile.enc").exists()
+    assert len(aside) == 1 and (aside[0] / "profile.db").exists()
     old = subprocess.run(
         [sys.executable, "-m", "parley.cli.main", "--profile", str(aside[0]), "whoami", "--json"],
         capture_output=True,

@@ -368,7 +368,7 @@ def _read_text(args: argparse.Namespace, allow_empty: bool) -> str:
     return str(args.text)
 
 
-async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one dispatch table
+async def _run(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return await _audit(args)
     creating = args.command in ("register", "link")
@@ -376,6 +376,13 @@ async def _run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one
         Profile(args.profile, _passphrase(creating)),
         notify=lambda line: note("parley: ", line, style="yellow"),
     )
+    try:
+        return await _dispatch(app, args)
+    finally:
+        await app.close()
+
+
+async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one dispatch table
     if args.command not in ("register", "verify", "link", "keys", *LOCAL):
         # Self-monitoring at the start of every network command: one quick try; if the
         # server is down, the command itself says so.

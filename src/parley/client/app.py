@@ -1,7 +1,9 @@
 """What the ``parley`` command does, as async operations on an encrypted profile.
 
-Every operation loads the profile under its lock, works, and saves before
+Every operation runs under the profile's lock and commits what it changed before
 returning, so separate ``parley`` processes sharing a profile stay consistent.
+An ``App`` keeps the profile open between operations (the daemon, ``receive``);
+it reloads only when another process wrote the profile in between.
 
 Conventions inside encrypted messages (the ``control`` field, JSON):
 ``from`` is the sender's phone number, which the receiver checks against the
@@ -25,7 +27,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from typing import Any
 import websockets
 
 from parley.client import groups as grp
+from parley.client import receipts
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
 from parley.client.kt import (
@@ -47,7 +50,8 @@ from parley.client.kt import (
     verified_lookup,
     verify_history,
 )
-from parley.client.store import Profile, ProfileError
+from parley.client.records import Message
+from parley.client.store import SENT, Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.display import visible
 from parley.errors import (
@@ -68,8 +72,6 @@ from parley.protocol.sender_keys import GroupSession
 from parley.protocol.wire import MAX_TEXT, AttachmentPointer, Content, IdentityPublic
 from parley.translog import directory
 
-MAX_HISTORY = 10_000
-MAX_SEEN = 5_000
 LINK_CODE_BYTES = 20
 MAX_REPORT_CONTEXT = 5
 MAX_REPORT_COMMENT = 1000
@@ -83,6 +85,7 @@ PRIMARY_DEVICE = 1
 FOREIGN_IDENTITY = "the key directory published an identity key for your account that is not yours"
 KT_GRACE_S = 10.0  # a brand-new account waits for its first epoch (longer under load)
 REFILL = 50  # one-time prekeys of each kind uploaded when the server says they run low
+BATCH = 200  # received frames committed (and acknowledged) together
 
 
 class ClientError(ParleyError):
@@ -135,14 +138,6 @@ def write_new_file(path: Path, data: bytes) -> Path:
     return path
 
 
-def attachment_summary(attachments: list[Any]) -> list[dict[str, Any]]:
-    """Name and size of each attachment of a history entry (older entries kept names only)."""
-    return [
-        {"name": a.get("name", ""), "size": a.get("size")} if isinstance(a, dict) else {"name": a}
-        for a in attachments
-    ]
-
-
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -174,10 +169,23 @@ class App:
         self.on_alarm: Callable[[str], None] = lambda _alarm: None
         # Group changes applied while a message was handled, shown before it (receive).
         self._group_lines: list[dict[str, Any]] = []
+        self._session: Session | None = None  # the open profile, reused while unchanged
+        self._closing: list[ApiClient] = []
+        self._busy = asyncio.Lock()  # one operation at a time in this process (daemon)
+        # Told when a receipt moved one of our messages forward: (message id, status).
+        self.on_receipt: Callable[[str, str], None] = lambda _id, _status: None
+        self._owed: dict[str, list[str]] = {}  # account -> ids received this batch
 
     # -- profile plumbing ------------------------------------------------------------------------
 
     def _open(self, retries: int = RETRIES) -> Session:
+        """The profile's session (call under the lock): the one already open when no
+        other process wrote the profile since, else loaded afresh. Ratchet state is
+        never used from a stale copy."""
+        s = self._session
+        if s is not None and self.profile.unchanged():
+            s.api.retries = retries
+            return s
         state = self.profile.load()
         if "device" not in state:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
@@ -188,24 +196,50 @@ class App:
         api.kt_view = state.setdefault(
             "kt", {"devices": [device.device_id], "expected_links": 0, "alarms": []}
         )
-        return Session(state, device, api)
+        if s is not None:
+            self._closing.append(s.api)
+        self._session = Session(state, device, api)
+        return self._session
 
     def _save(self, s: Session) -> None:
+        """Commit the records and messages this operation changed, in one transaction."""
         s.state["device"] = s.device.to_dict()
         self.profile.save(s.state)
 
     async def run(self, action: Callable[[Session], Awaitable[Any]], retries: int = RETRIES) -> Any:
-        with self.profile.locked():
+        async with self._exclusive():
             s = self._open(retries)
             try:
                 return await action(s)
             finally:
                 self._save(s)
-                await s.api.close()
+                await self._close_stale()
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        """This process's turn (the daemon serves requests while it receives), then the
+        profile's lock against other processes."""
+        async with self._busy:
+            with self.profile.locked():
+                yield
+
+    async def _close_stale(self) -> None:
+        while self._closing:
+            await self._closing.pop().close()
+
+    async def close(self) -> None:
+        """Close the network client and the profile database."""
+        if self._session is not None:
+            self._closing.append(self._session.api)
+            self._session = None
+        await self._close_stale()
+        self.profile.close()
 
     def local_state(self) -> dict[str, Any]:
         """The profile's state, read without touching the network."""
         with self.profile.locked():
+            if self._session is not None and self.profile.unchanged():
+                return self._session.state
             state = self.profile.load()
         if "device" not in state:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
@@ -249,7 +283,7 @@ class App:
         finally:
             await api.close()
         self._set_aside(force)
-        with self.profile.locked():
+        async with self._exclusive():
             self.profile.create({"server": api.base_url, "pending_phone": phone})
         return phone
 
@@ -259,7 +293,7 @@ class App:
             raise ClientError("the code is the 6 digits from the SMS")
         if name is not None:
             check_name(name)
-        with self.profile.locked():
+        async with self._exclusive():
             state = self.profile.load()
             phone = state.get("pending_phone")
             if not phone:
@@ -297,8 +331,6 @@ class App:
                 contacts={},
                 phones={},
                 groups={},
-                history=[],
-                seen=[],
             )
             self.profile.save(state)
             return {
@@ -448,7 +480,8 @@ class App:
         user re-verifies; for an unverified one, once."""
         try:
             with self.profile.locked():
-                state = self.profile.load()
+                session = self._open()
+                state = session.state
                 shown = []
                 for account, c in state.get("contacts", {}).items():
                     if c.get("changed") and (c.get("verified") or not c.get("notified")):
@@ -462,7 +495,7 @@ class App:
                     for a in state.get("kt", {}).get("alarms", [])
                 ]
                 if shown:
-                    self.profile.save(state)
+                    self._save(session)
                 return shown
         except ProfileError:
             return []
@@ -484,7 +517,9 @@ class App:
     ) -> dict[str, Any]:
         from parley.client.messenger import Messenger
 
-        return await Messenger(s.api, s.device).send_content(account_id, content, client_id)
+        return await Messenger(s.api, s.device, before_send=lambda: self._save(s)).send_content(
+            account_id, content, client_id
+        )
 
     async def _sync(
         self,
@@ -517,10 +552,16 @@ class App:
             )
         return tuple(pointers)
 
-    def _record(self, s: Session, **entry: Any) -> None:
-        history = s.state.setdefault("history", [])
-        history.append(entry)
-        del history[:-MAX_HISTORY]
+    def _record(self, s: Session, **entry: Any) -> Message:
+        """Add to the history, in the operation's transaction (committed with the
+        ratchet state that produced or opened it)."""
+        message = Message.from_entry(entry)
+        if message.outgoing and message.event is None:
+            message.status_code = SENT
+        unread = not message.outgoing
+        message.seq = self.profile.add_message(message, unread=unread)
+        message.unread = unread
+        return message
 
     @staticmethod
     def _pointer_record(p: AttachmentPointer) -> dict[str, Any]:
@@ -912,7 +953,7 @@ class App:
             index = done[gid, event.version] = done.get((gid, event.version), -1) + 1
             self._sync_group_record(s, gid)
             entry = await self._event_entry(s, gid, event, index, sent_at)
-            if any(h.get("id") == entry["id"] for h in s.state.get("history", [])):
+            if self.profile.has_message(entry["id"]):
                 continue
             self._record(s, **entry)
             if receiving:
@@ -1022,6 +1063,7 @@ class App:
             client_id = str(uuid.uuid4())
             content = self._content(s, text, id=client_id, group={"id": gid, "head": grp.head(log)})
             msg = group.encrypt(content)
+            self._save(s)  # the advanced sender key is on disk before the message leaves
             await s.api.call(
                 "PUT",
                 f"/v1/groups/{gid}/messages",
@@ -1109,12 +1151,11 @@ class App:
         self.notify(f"a message from {who} was refused: {why}")
         self.on_refusal(who, why)
 
-    async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:  # noqa: PLR0911 - each refusal ends here
-        if frame["id"] in s.state.setdefault("seen", []):
+    async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:  # noqa: PLR0911, PLR0912 - each refusal ends here
+        if self.profile.seen(frame["id"]):
             return None  # a re-delivery after a crash: shown once
         sender_info = s.state["contacts"].get(frame["sender"])
-        s.state["seen"].append(frame["id"])
-        del s.state["seen"][:-MAX_SEEN]
+        self.profile.mark_seen(frame["id"])
         try:
             claimed = s.device.first_message_identity(frame)
             if claimed is not None:
@@ -1150,6 +1191,9 @@ class App:
         group: str | None
         if event == "ignored":
             return None
+        receipt = receipts.parse(control)
+        if receipt is not None:
+            self._apply_receipt(s, received.sender, sender, *receipt)
         if not received.content.text and not received.content.attachments and event is None:
             return None  # a control message only
         chat, group, outgoing = (
@@ -1167,7 +1211,7 @@ class App:
             if isinstance(claimed_id, str) and MESSAGE_ID.fullmatch(claimed_id)
             else received.id
         )
-        if any(h.get("id") == message_id for h in s.state.get("history", [])):
+        if self.profile.has_message(message_id):
             self._refuse(s, received.sender, "it reuses the id of an earlier message")
             return None
         entry = {
@@ -1196,8 +1240,34 @@ class App:
                 "digests": [b64e(a.digest) for a in received.content.attachments],
             },
         }
-        self._record(s, **entry)
+        account = receipts.owed_to(self._record(s, **entry))
+        if account is not None and account != s.device.account_id:
+            self._owed.setdefault(account, []).append(message_id)
         return entry
+
+    def _apply_receipt(
+        self, s: Session, account: str, phone: str, status: int, ids: list[str]
+    ) -> None:
+        """Move our messages forward, only in chats the receipt's sender is in."""
+        for message_id in ids:
+            m = self.profile.find_message(message_id)
+            if m is None or not m.outgoing:
+                continue
+            if m.group is not None:
+                log = grp.log_of(s.device, m.group)
+                allowed = log is not None and account in log.state.members
+            else:
+                allowed = m.chat == phone and phone.startswith("+")
+            if allowed and self.profile.set_status(message_id, m.chat, status):
+                self.on_receipt(message_id, receipts.STATUS[status])
+
+    async def _send_receipts(self, s: Session, kind: str, owed: dict[str, list[str]]) -> None:
+        for account, ids in owed.items():
+            for start in range(0, len(ids), receipts.MAX_IDS):
+                with contextlib.suppress(ParleyError):  # best effort, never fails a receive
+                    await self._send_control(
+                        s, account, **receipts.body(kind, ids[start : start + receipts.MAX_IDS])
+                    )
 
     @staticmethod
     def _where(
@@ -1289,7 +1359,7 @@ class App:
             count += 1
             on_message(entry)
 
-        with self.profile.locked():
+        async with self._exclusive():
             s = self._open()
         try:
             while True:
@@ -1305,7 +1375,7 @@ class App:
                     self.notify("the server cannot be reached; still trying")
                 await asyncio.sleep(1.0)
         finally:
-            await s.api.close()
+            await self.close()
 
     async def _pump(
         self,
@@ -1315,37 +1385,96 @@ class App:
         on_message: Callable[[dict[str, Any]], None],
     ) -> bool:
         """Handle frames until done (True) or the socket closes (an exception).
-        Each message is committed to the profile before it is acknowledged."""
+        Frames already waiting are taken as one batch (up to ``BATCH``): their
+        messages and the ratchet state that opened them commit in one transaction,
+        and only then are they acknowledged and shown. A crash before the commit
+        leaves them queued on the server; after it, they are acknowledged next time
+        and never shown twice (``seen``)."""
         while True:
             try:
                 raw = await (ws.recv() if timeout is None else _wait(ws.recv(), timeout))
             except TimeoutError:
                 return True
-            frame = json.loads(raw)
-            if frame.get("type") == "queue_empty" and not follow:
-                return True
-            if frame.get("type") == "prekeys_low":
-                with self.profile.locked():
-                    s = self._open()
-                    try:
-                        await self._maintain_keys(s)
-                    finally:
-                        self._save(s)
-                        await s.api.close()
-                continue
-            if frame.get("type") != "message":
-                continue
-            with self.profile.locked():
+            frames = [json.loads(raw)]
+            while len(frames) < BATCH:
+                try:
+                    frames.append(json.loads(await _wait(ws.recv(), 0)))
+                except TimeoutError:
+                    break
+            lines: list[dict[str, Any]] = []
+            acks: list[str] = []
+            failure = None
+            async with self._exclusive():
                 s = self._open()
                 try:
-                    entry = await self._process(s, frame)
+                    await self._handle(s, frames, acks, lines)
+                except ParleyError as exc:
+                    failure = exc  # what was handled before it is still committed and shown
                 finally:
                     self._save(s)
-                    await s.api.close()
-            await ApiClient.ack(ws, [frame["id"]])
-            shown, self._group_lines = self._group_lines, []
-            for line in [*shown, *([entry] if entry is not None else [])]:
+                    await self._close_stale()
+            if acks:
+                await ApiClient.ack(ws, acks)
+            for line in lines:
                 on_message(line)
+            if failure is not None:
+                raise failure
+            if not follow and any(f.get("type") == "queue_empty" for f in frames):
+                return True
+
+    async def _handle(
+        self,
+        s: Session,
+        frames: list[dict[str, Any]],
+        acks: list[str],
+        lines: list[dict[str, Any]],
+    ) -> None:
+        for frame in frames:
+            kind = frame.get("type")
+            if kind == "prekeys_low":
+                await self._maintain_keys(s)
+            elif kind == "message":
+                entry = await self._process(s, frame)
+                acks.append(str(frame["id"]))
+                lines += self._group_lines
+                self._group_lines = []
+                if entry is not None:
+                    lines.append(entry)
+        await self._after_batch(s)
+
+    async def _after_batch(self, s: Session) -> None:
+        """Work owed once per batch of received frames: delivery receipts."""
+        owed, self._owed = self._owed, {}
+        await self._send_receipts(s, "delivered", owed)
+
+    async def mark_read(self, chat: str) -> int:
+        """Mark a chat read; its senders get read receipts unless they are turned off.
+        Returns how many messages were unread."""
+
+        async def act(s: Session) -> int:
+            unread = self.profile.mark_read(chat)
+            if s.state.get("settings", {}).get("read_receipts", True):
+                owed: dict[str, list[str]] = {}
+                for m in unread:
+                    account = receipts.owed_to(m)
+                    if account is not None and account != s.device.account_id:
+                        owed.setdefault(account, []).append(m.id)
+                self._save(s)  # read here even if a receipt cannot be sent
+                await self._send_receipts(s, "read", owed)
+            return len(unread)
+
+        return int(await self.run(act))
+
+    async def settings(self, read_receipts: bool | None = None) -> dict[str, Any]:
+        """The profile's settings, changing those given."""
+
+        async def act(s: Session) -> dict[str, Any]:
+            current = s.state.setdefault("settings", {})
+            if read_receipts is not None:
+                current["read_receipts"] = read_receipts
+            return {"read_receipts": bool(current.get("read_receipts", True))}
+
+        return dict(await self.run(act, retries=0))
 
     def _connection_lost(self, exc: websockets.ConnectionClosed, follow: bool) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
@@ -1402,19 +1531,19 @@ class App:
             raise ClientError(f"the comment is limited to {MAX_REPORT_COMMENT} characters")
 
         async def act(s: Session) -> dict[str, Any]:
-            history = s.state.get("history", [])
-            index = next((i for i, h in enumerate(history) if h.get("id") == message_id), None)
-            if index is None:
+            found = self.profile.find_message(message_id)
+            if found is None:
                 raise ClientError(f"no message {message_id} in this profile")
-            target = history[index]
+            target = found.to_entry()
             if target.get("outgoing") or "franking" not in target or target.get("event"):
                 raise ClientError("only messages you received can be reported")
             delivered = target["franking"]["server_ms"]
+            # The received messages just before it in the chat (a bounded look back).
+            before = self.profile.messages(found.chat, limit=200, before=found.seq)
             earlier = [
                 h
-                for h in history[:index]
-                if h.get("chat") == target["chat"]
-                and "franking" in h
+                for h in (m.to_entry() for m in before)
+                if "franking" in h
                 and not h.get("outgoing")
                 and not h.get("event")
                 and h["franking"]["server_ms"] <= delivered
@@ -1665,8 +1794,7 @@ class App:
         return dict(await self.run(act))
 
     def policy_warning(self, served_version: int | None) -> str | None:
-        with self.profile.locked():
-            state = self.profile.load()
+        state = self.local_state()
         accepted = state.get("policy")
         if served_version is not None and (
             accepted is None or accepted["version"] != served_version
@@ -1749,7 +1877,7 @@ class App:
         device.account_id, device.device_id = result["account_id"], int(result["device_id"])
         device.prekeys_rotated_ms = now_ms()  # the keys just uploaded are fresh
         self._set_aside(force)
-        with self.profile.locked():
+        async with self._exclusive():
             self.profile.create(
                 {
                     "server": api.base_url,
@@ -1760,8 +1888,6 @@ class App:
                     "contacts": {},
                     "phones": {},
                     "groups": {},
-                    "history": [],
-                    "seen": [],
                     "kt": kt_view,
                     "prekeys_uploaded_ms": device.prekeys_rotated_ms,
                 }
@@ -1791,20 +1917,21 @@ class App:
 
     # -- local data -------------------------------------------------------------------------------------------
 
-    def history(self, chat: str) -> list[dict[str, Any]]:
-        """A chat's local history (a phone number, or a group by id or name); no network."""
+    def history(self, chat: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """A chat's local history (a phone number, or a group by id or name), oldest
+        first, the last ``limit`` messages; no network."""
+        return [m.public() for m in self.messages(chat, limit)]
+
+    def messages(self, chat: str, limit: int | None = None) -> list[Message]:
         state = self.local_state()
+        ref = chat
         try:
             chat = normalize_phone(chat) if chat.startswith("+") else self.group_id(state, chat)
         except ClientError:
-            if not any(h.get("chat") == chat for h in state.get("history", [])):
+            if not self.profile.messages(ref, limit=1):
                 raise
-        return [
-            {k: v for k, v in h.items() if k != "franking"}
-            | {"attachments": attachment_summary(h.get("attachments", []))}
-            for h in state.get("history", [])
-            if h.get("chat") == chat or h.get("group") == chat
-        ]
+            chat = ref
+        return self.profile.messages(chat, limit)
 
     def group_names(self) -> dict[str, str]:
         """Group id -> name, from the profile (no network)."""
@@ -1812,16 +1939,15 @@ class App:
         return {g: str(v.get("name") or g) for g, v in state.get("groups", {}).items()}
 
     def find_message(self, message_id: str) -> dict[str, Any]:
-        state = self.local_state()
-        for h in state.get("history", []):
-            if h.get("id") == message_id:
-                return dict(h)
-        raise ClientError(f"no message {message_id} in this profile")
+        self.local_state()
+        found = self.profile.find_message(message_id)
+        if found is None:
+            raise ClientError(f"no message {message_id} in this profile")
+        return found.to_entry()
 
     def export(self) -> dict[str, Any]:
         """The user's own data, without any key material."""
-        with self.profile.locked():
-            state = self.profile.load()
+        state = self.local_state()
         device = state.get("device", {})
         return {
             "phone": state.get("phone"),
@@ -1836,23 +1962,19 @@ class App:
             "groups": [
                 {"id": g, "name": v.get("name")} for g, v in state.get("groups", {}).items()
             ],
-            "history": [
-                {k: v for k, v in h.items() if k not in ("franking",)}
-                | {"attachments": attachment_summary(h.get("attachments", []))}
-                for h in state.get("history", [])
-            ],
+            "history": [m.public() for m in self.profile.all_messages()],
         }
 
     async def delete_account(self) -> None:
         async def act(s: Session) -> None:
             await s.api.call("DELETE", "/v1/accounts/me")
 
-        with self.profile.locked():
+        async with self._exclusive():
             s = self._open()
             try:
                 await act(s)
             finally:
-                await s.api.close()
+                await self.close()
             self.profile.wipe()
 
 
@@ -1967,5 +2089,5 @@ def _link_keys(code: str) -> tuple[bytes, bytes]:
 
 
 async def _wait(coro: Awaitable[Any], timeout: float) -> Any:
-
+    """``recv`` with a time limit; the websockets client's ``recv`` is safe to cancel."""
     return await asyncio.wait_for(coro, timeout)

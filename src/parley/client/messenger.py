@@ -36,9 +36,14 @@ def now_ms() -> int:
 
 
 class Messenger:
-    def __init__(self, api: ApiClient, state: DeviceState) -> None:
+    def __init__(
+        self, api: ApiClient, state: DeviceState, before_send: Callable[[], None] | None = None
+    ) -> None:
         self.api = api
         self.state = state
+        # Called after encrypting and before posting: the app commits the advanced
+        # ratchet there, so a crash can never make it encrypt under the same key twice.
+        self.before_send = before_send
         self._verified: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     @classmethod
@@ -112,6 +117,8 @@ class Messenger:
                 for d in devices
                 if self.state.has_session(account_id, d)
             ]
+            if self.before_send is not None:
+                self.before_send()
             try:
                 result: dict[str, Any] = await self.api.call(
                     "PUT",
