@@ -101,19 +101,7 @@ class Client:
 
     def chats(self) -> list[ChatSummary]:
         """The conversation list, most recent first, titled by contact or group name."""
-        state = self.app.local_state()
-        contacts = state.get("contacts", {})
-        names = {c.get("phone"): c.get("name") for c in contacts.values() if isinstance(c, dict)}
-        groups = state.get("groups", {})
-        out = self.app.profile.chats()
-        for c in out:
-            if c.group is not None:
-                c.title = str(groups.get(c.group, {}).get("name") or c.group)
-            elif c.chat == state.get("phone"):
-                c.title = "Note to self"
-            else:
-                c.title = str(names.get(c.chat) or c.chat)
-        return out
+        return self.app.chats()
 
     def messages(self, chat: str, limit: int = 50, before: int | None = None) -> list[Message]:
         """A chat's last ``limit`` messages (before sequence ``before``), oldest first."""
@@ -149,6 +137,16 @@ class Client:
 
     def alarms(self) -> list[str]:
         return self.app.warnings()
+
+    async def current_alarms(self) -> list[str]:
+        """``alarms()`` taken in the app's turn: never in the middle of another operation
+        (``warnings`` writes the profile, which would commit that operation's half-done
+        transaction). The terminal app calls it while its listener receives."""
+
+        async def act(_s: Any) -> list[str]:
+            return self.app.warnings()
+
+        return list(await self.app.run(act, retries=0))
 
     # -- actions ---------------------------------------------------------------------------------
 
