@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import mimetypes
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,13 @@ from parley.client.store import Profile
 from parley.errors import ParleyError
 
 MAX_EVENTS = 10_000  # events kept for a slow reader; the oldest are dropped first
+
+# Where the notes of the operation running in this context go (the daemon sets it
+# per request, so a caller sees the notes of its own command, as a command run
+# alone prints them); unset, notes are events on the stream.
+note_sink: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "parley_note_sink", default=None
+)
 
 
 @dataclass
@@ -69,6 +77,11 @@ class Client:
         self._queue.put_nowait(Event(kind, data))
 
     def _note(self, line: str) -> None:
+        sink = note_sink.get()
+        if sink is not None:
+            sink(line)
+            if not line.startswith("ALARM"):
+                return
         self._emit("alarm" if line.startswith("ALARM") else "note", text=line)
 
     def listen(self) -> asyncio.Task[None]:
@@ -80,7 +93,10 @@ class Client:
     async def _receive(self) -> None:
         def shown(entry: dict[str, Any]) -> None:
             message = Message.from_entry(entry)
-            self._emit("message", **message.public())
+            public = message.public()
+            # attachment ids too: what `attachment save` and `receive --json` name them by
+            public["attachments"] = [{"id": a.id, **a.summary()} for a in message.attachments]
+            self._emit("message", **public)
 
         await self.app.receive(follow=True, timeout=None, on_message=shown)
 
