@@ -151,6 +151,14 @@ class Client:
             if isinstance(c, dict)
         ]
 
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """The app's turn, for local reads between its operations (the daemon reads while
+        its listener receives): never inside another operation's open transaction.
+        Not re-entrant: call no ``App`` operation inside it."""
+        async with self.app._exclusive():
+            yield
+
     def alarms(self) -> list[str]:
         return self.app.warnings()
 
