@@ -51,7 +51,7 @@ class Multiline(str):
 
 
 def _finalize(value: object) -> object:
-    if value is None:
+    if value is None or isinstance(value, jinja2.Undefined):  # a field an old record lacks
         return ""
     if isinstance(value, Markup):  # built by this module, from escaped parts
         return value
@@ -90,7 +90,6 @@ _env = jinja2.Environment(
     loader=jinja2.PackageLoader("parley.server", "templates"),
     autoescape=True,
     finalize=_finalize,
-    undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
 )
