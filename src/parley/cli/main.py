@@ -21,35 +21,52 @@ import mimetypes
 import os
 import sys
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from parley.client.app import App, ClientError
-from parley.client.kt import KeyTransparencyError
-from parley.client.store import Profile
 from parley.display import join, literal, local_time, visible, with_iso
 from parley.errors import ParleyError, ServerError, Unreachable
+
+if TYPE_CHECKING:  # loaded when a command runs alone: a command the daemon runs never needs them
+    from rich.progress import Progress
+
+    from parley.client.app import App
 
 out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 REASONS = ["csam", "terrorism", "violence", "fraud", "spam", "other"]
 # Commands that work on the profile alone: they never touch the network.
-LOCAL = {"whoami", "history", "export"}
+LOCAL = {"whoami", "history", "export", "chats", "search"}
 EXIT_INTERRUPTED = 130
 
 
+def ClientError(message: str) -> ParleyError:  # noqa: N802 - raised as the class it stands for
+    """``parley.client.app.ClientError``, loaded only when one is raised (that module
+    loads the cryptography, which a command the daemon runs never needs)."""
+    from parley.client.app import ClientError as Error
+
+    return Error(message)
+
+
 def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("parley")
     except PackageNotFoundError:
         return "unknown"
+
+
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked for (importlib.metadata is slow to load)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
+        parser.exit(message=f"parley {_version()}\n")
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command table
@@ -66,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
         description="Parley: end-to-end encrypted messaging. "
         "The passphrase comes from PARLEY_PASSPHRASE or is asked on the terminal.",
     )
-    p.add_argument("--version", action="version", version=f"parley {_version()}")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and exit")
     p.add_argument(
         "--profile",
         type=Path,
@@ -228,6 +245,18 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
 
     h = command(sub, "history", "the local history of a chat (no network)", True)
     h.add_argument("chat", metavar="PHONE|GROUP", help="a number, or a group's name or id")
+    h.add_argument("--limit", type=int, metavar="N", help="only the last N messages")
+    command(sub, "chats", "your conversations, most recent first, with unread counts", True)
+    rd = command(sub, "read", "mark a chat read (its senders get read receipts, if on)")
+    rd.add_argument("chat", metavar="PHONE|GROUP", help="a number, or a group's name or id")
+    se = command(sub, "search", "find messages holding every word given (no network)", True)
+    se.add_argument("text", help="the words to find")
+    st = command(sub, "settings", "show or change this profile's settings", True)
+    st.add_argument(
+        "--read-receipts",
+        choices=["on", "off"],
+        help="tell senders when you have read their messages (default on)",
+    )
     at = command(sub, "attachment", "attachments of a message").add_subparsers(
         dest="attachment_command", required=True, metavar="ACTION"
     )
@@ -236,8 +265,20 @@ def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command t
     ats.add_argument(
         "--out", type=Path, default=Path(), metavar="DIR", help="where to save (default: here)"
     )
+    command(sub, "tui", "the terminal app: chats, groups, safety numbers, devices, the policy")
     e = command(sub, "export", "write your own data (no keys) as JSON")
     e.add_argument("file", type=Path, help="the file to write (0600)")
+    dm = command(
+        sub,
+        "daemon",
+        "hold the profile open, receive in real time, serve JSON-RPC on a Unix socket",
+    )
+    dm.add_argument(
+        "--socket",
+        type=Path,
+        metavar="PATH",
+        help="where to listen (default PROFILE/daemon.sock, created 0600)",
+    )
     da = command(sub, "delete-account", "delete the account on the server and wipe this profile")
     da.add_argument("--yes", action="store_true", help="do not ask for confirmation (for scripts)")
     return p
@@ -272,6 +313,8 @@ def note(*parts: object, style: str = "") -> None:
 
 
 def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], None]]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
     progress = Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
@@ -371,15 +414,42 @@ def _read_text(args: argparse.Namespace, allow_empty: bool) -> str:
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "audit":
         return await _audit(args)
+    if args.command == "tui":
+        return await _tui(args)
+
+    def notify(line: str) -> None:
+        note("parley: ", line, style="yellow")
+
+    from parley.cli.remote import connect
+
+    remote = connect(args.profile, args.command, notify, getattr(args, "attach", []))
+    if remote is not None:  # the profile's daemon runs the command: same output, no Argon2id
+        try:
+            return await _dispatch(cast("App", remote), args)
+        finally:
+            await remote.close()
+    from parley.client.app import App
+    from parley.client.store import Profile
+
+    if args.command == "daemon":
+        return await _daemon(args)
     creating = args.command in ("register", "link")
-    app = App(
-        Profile(args.profile, _passphrase(creating)),
-        notify=lambda line: note("parley: ", line, style="yellow"),
-    )
+    app = App(Profile(args.profile, _passphrase(creating)), notify=notify)
     try:
         return await _dispatch(app, args)
     finally:
         await app.close()
+
+
+async def _daemon(args: argparse.Namespace) -> int:
+    from parley.client.core import Client
+    from parley.client.daemon import run
+    from parley.client.rpc import SOCKET_NAME
+    from parley.client.store import Profile
+
+    client = Client(Profile(args.profile, _passphrase(creating=False)))
+    await run(client, args.profile, args.socket or args.profile / SOCKET_NAME)
+    return 0
 
 
 async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one dispatch table
@@ -518,6 +588,25 @@ async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912
                     note("ALARM: ", alarm)
                 if not result["ok"]:
                     return 1
+        case "chats":
+            _chats(app, args)
+        case "read":
+            n = await app.mark_read(_chat_ref(app, args.chat))
+            say(f"Marked {n} message(s) read.")
+        case "search":
+            found = app.search(args.text)
+            if args.json:
+                for entry in found:
+                    _print_json(_public(entry, "outgoing", "status"))
+            else:
+                _table(app, found)
+        case "settings":
+            wanted = None if args.read_receipts is None else args.read_receipts == "on"
+            current = await app.settings(read_receipts=wanted)
+            if args.json:
+                _print_json(current)
+            else:
+                say("read receipts: ", "on" if current["read_receipts"] else "off")
         case "history":
             _history(app, args)
         case "attachment":
@@ -549,6 +638,20 @@ def _confirm_delete(app: App) -> None:
     )
     if input(f"Type the number ({me['phone']}) to confirm: ").strip() != me["phone"]:
         raise ClientError("not confirmed: nothing was deleted")
+
+
+async def _tui(args: argparse.Namespace) -> int:
+    """The terminal app (Textual, imported only here: other commands do not pay for it).
+    The passphrase is asked and checked before the screen is taken over."""
+    from parley.client.core import Client
+    from parley.client.store import Profile
+    from parley.client.tui.app import ParleyApp
+
+    profile = Profile(args.profile, _passphrase(creating=False))
+    client = Client(profile)
+    client.whoami()  # no profile, an unfinished registration, a wrong passphrase: one line
+    await ParleyApp(client).run_async()
+    return 0
 
 
 async def _audit(args: argparse.Namespace) -> int:
@@ -609,13 +712,21 @@ async def _receive(app: App, args: argparse.Namespace) -> None:
 
 
 def _history(app: App, args: argparse.Namespace) -> None:
-    entries = app.history(args.chat)
+    if args.limit is not None and args.limit < 1:
+        raise ClientError("--limit is a positive number")
+    entries = app.history(args.chat, args.limit)
     if args.json:
         for entry in entries:
-            _print_json(_public(entry, "outgoing"))
+            _print_json(_public(entry, "outgoing", "status"))
         return
     groups = app.group_names()
-    table = Table("sent", "from", "text")
+    if entries and entries[0].get("group"):
+        say("Group ", groups.get(entries[0]["group"], entries[0]["group"]))
+    _table(app, entries)
+
+
+def _table(app: App, entries: list[dict[str, Any]]) -> None:
+    table = Table("sent", "from", "text", "state")
     for entry in entries:
         if entry.get("description"):
             body = literal(entry["description"])
@@ -623,14 +734,45 @@ def _history(app: App, args: argparse.Namespace) -> None:
             body = Text("removed you from the group")
         else:
             body = join(literal(entry["text"], multiline=True), _attachments(entry))
-        table.add_row(literal(local_time(entry.get("sent_at"))), _who(entry), body)
-    if entries and entries[0].get("group"):
-        say("Group ", groups.get(entries[0]["group"], entries[0]["group"]))
+        table.add_row(
+            literal(local_time(entry.get("sent_at"))),
+            _who(entry),
+            body,
+            Text(str(entry.get("status") or "")),
+        )
+    out.print(table)
+
+
+def _chat_ref(app: App, ref: str) -> str:
+    from parley.client.app import normalize_phone
+
+    return normalize_phone(ref) if ref.startswith("+") else app.group_id(app.local_state(), ref)
+
+
+def _chats(app: App, args: argparse.Namespace) -> None:
+    chats = app.chats()
+    if args.json:
+        for c in chats:
+            _print_json(c.to_dict())
+        return
+    table = Table("chat", "unread", "last", "when")
+    for c in chats:
+        last = join(literal(c.sender_name or c.sender), ": ", literal(c.last)) if c.last else Text()
+        table.add_row(
+            literal(c.title),
+            Text(str(c.unread) if c.unread else ""),
+            last,
+            literal(local_time(c.sent_at)),
+        )
     out.print(table)
 
 
 async def _served_policy_version(app: App) -> int | None:
     """The server's current policy version (None if it has none or is unreachable)."""
+    from parley.cli.remote import Remote
+
+    if isinstance(app, Remote):
+        return await app.served_policy_version()
     from parley.client.app import verified_policy
 
     async def act(session: Any) -> int | None:
@@ -747,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except ParleyError as exc:
         err.print(_one_line_error(exc))
-        if isinstance(exc, KeyTransparencyError) and "--json" in (argv or sys.argv[1:]):
+        if exc.code == "key_transparency" and "--json" in (argv or sys.argv[1:]):
             _print_json({"error": {"code": exc.code, "message": exc.message}, "refused": True})
     except OSError as exc:
         err.print(

@@ -50,7 +50,7 @@ from parley.client.kt import (
     verified_lookup,
     verify_history,
 )
-from parley.client.records import Message
+from parley.client.records import ChatSummary, Message
 from parley.client.store import SENT, Profile, ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.display import visible
@@ -1932,6 +1932,31 @@ class App:
                 raise
             chat = ref
         return self.profile.messages(chat, limit)
+
+    def chats(self) -> list[ChatSummary]:
+        """The conversation list, most recent first, titled by contact or group name;
+        no network."""
+        state = self.local_state()
+        names = {
+            c.get("phone"): c.get("name")
+            for c in state.get("contacts", {}).values()
+            if isinstance(c, dict)
+        }
+        groups = state.get("groups", {})
+        out = self.profile.chats()
+        for c in out:
+            if c.group is not None:
+                c.title = str(groups.get(c.group, {}).get("name") or c.group)
+            elif c.chat == state.get("phone"):
+                c.title = "Note to self"
+            else:
+                c.title = str(names.get(c.chat) or c.chat)
+        return out
+
+    def search(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Messages holding every word of ``text``, newest first; no network."""
+        self.local_state()
+        return [m.public() for m in self.profile.search(text, limit)]
 
     def group_names(self) -> dict[str, str]:
         """Group id -> name, from the profile (no network)."""
