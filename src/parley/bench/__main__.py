@@ -1,4 +1,4 @@
-"""Entry point: ``python -m parley.bench {protocol,server,kt} [--json] [--quick]``.
+"""Entry point: ``python -m parley.bench {protocol,server,kt,client} [--json] [--quick]``.
 
 ``server`` takes ``--peers prosody,ejabberd``, ``--cluster``, ``--generators N`` and
 ``--database-url`` (see ``parley.bench.server``). Progress goes to stderr, the JSON to stdout.
@@ -13,7 +13,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parley.bench")
-    parser.add_argument("suite", choices=["protocol", "server", "kt"])
+    parser.add_argument("suite", choices=["protocol", "server", "kt", "client"])
     parser.add_argument("--database-url", help="server: run Parley on this database, not SQLite")
     parser.add_argument(
         "--peers",
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         from parley.bench.protocol import run
 
         result = run(quick=args.quick, rounds=args.rounds)
+    elif args.suite == "client":
+        from parley.bench.client import run as run_client
+
+        result = run_client(
+            quick=args.quick, log=lambda line: print(line, file=sys.stderr, flush=True)
+        )
     elif args.suite == "kt":
         from parley.bench.kt import run as run_kt
 
