@@ -129,14 +129,17 @@ async def test_chat_list_chat_compose_receipts_report_and_hostile_text(
     alice = await person(server, tmp_path, "alice")
     bob = await person(server, tmp_path, HOSTILE_NAME)
     a_phone, b_phone = phone_of(alice), phone_of(bob)
+    (tmp_path / "notes [b].txt").write_text("the attachment's bytes")
+    await bob.send(a_phone, "a file for you", [tmp_path / "notes [b].txt"])
     for text in HOSTILE_TEXTS:
         await bob.send(a_phone, text)
     bob.listen()
-    app = ParleyApp(alice, downloads=tmp_path / "downloads")
+    opened: list[Path] = []
+    app = ParleyApp(alice, downloads=tmp_path / "downloads", opener=opened.append)
     try:
         async with app.run_test(size=SIZE, notifications=True) as pilot:
-            # the conversation list: bob's chat, three unread, the last message
-            await shows(pilot, "3 unread")
+            # the conversation list: bob's chat, four unread, the last message
+            await shows(pilot, "4 unread")
             listed = screen_text(app)
             assert_shown_safely(listed, [HOSTILE_NAME])
             assert "[link=file:///et" not in listed  # the last message: the third
@@ -180,13 +183,26 @@ async def test_chat_list_chat_compose_receipts_report_and_hostile_text(
             assert messages.messages[sent_id].status == "read"
             snapshot(app, "chat")
 
-            # report bob's first message from the chat view
-            await pilot.press(
-                "tab"
-            )  # compose -> the message list? focus order: list, messages, compose
+            # the attachment: shown with its size; saved (s) and opened (o) from the chat
+            assert "📎 notes [b].txt (" in screen_text(app), [
+                ln for ln in screen_text(app).splitlines() if "notes" in ln
+            ]
             while not messages.has_focus:
                 await pilot.press("tab")
             messages.highlighted = 0
+            await pilot.press("s")
+            await shows(pilot, "Save notes [b].txt (")
+            await pilot.press("enter")
+            saved = tmp_path / "downloads" / "notes [b].txt"
+            await until(pilot, saved.exists, "the attachment saved")
+            assert saved.read_text() == "the attachment's bytes"
+            await pilot.press("o")
+            await until(pilot, lambda: bool(opened), "the attachment opened")
+            assert opened[0].read_text() == "the attachment's bytes"
+            assert oct(opened[0].parent.parent.stat().st_mode & 0o777) == "0o700"
+
+            # report bob's first text from the chat view
+            messages.highlighted = 1
             await pilot.press("r")
             await shows(pilot, "Report to the moderators")
             snapshot(app, "report")
@@ -265,6 +281,9 @@ async def test_groups_safety_number_and_the_identity_alarm(
         await pilot.press("escape")
         await shows(pilot, f"{b_phone}  ✓ verified")
         await pilot.press("escape")
+        # back in the chat: the changes made on the members screen are lines of it
+        await shows(pilot, f"You added {c_phone}")
+        await shows(pilot, f"You removed {c_phone}")
 
         # bob reinstalls: a new identity under the same number. His first message is
         # refused (alice had verified him), and the banner says why until acknowledged.

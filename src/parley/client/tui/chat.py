@@ -113,6 +113,11 @@ class ChatScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self.query_one(AlarmBanner).show(self.parley.alarms)
+        self._append_new()  # what happened on another screen (a member added, a trust)
+        if self.current is not None:
+            self.query_one("#chat-title", Static).update(
+                self._title(self.current, self.parley.client.app.group_names())
+            )
         self.reload_chats()
 
     # -- the conversation list -------------------------------------------------------------

@@ -83,7 +83,7 @@ def chat_text(c: ChatSummary, me: str) -> Text:
         title.append("  ")
         title.append(f" {c.unread} unread ", style="bold white on blue")
     last = Text(style="dim")
-    if c.sender and c.last:
+    if c.sender and c.last and not c.last.startswith(c.sender):  # a group change names its actor
         if c.sender == me:
             last.append("You: ")
         elif c.group is not None:
