@@ -726,7 +726,7 @@ def _history(app: App, args: argparse.Namespace) -> None:
 
 
 def _table(app: App, entries: list[dict[str, Any]]) -> None:
-    table = Table("sent", "from", "text", "state")
+    table = Table("sent", "from", "text")
     for entry in entries:
         if entry.get("description"):
             body = literal(entry["description"])
@@ -734,12 +734,10 @@ def _table(app: App, entries: list[dict[str, Any]]) -> None:
             body = Text("removed you from the group")
         else:
             body = join(literal(entry["text"], multiline=True), _attachments(entry))
-        table.add_row(
-            literal(local_time(entry.get("sent_at"))),
-            _who(entry),
-            body,
-            Text(str(entry.get("status") or "")),
-        )
+        when = literal(local_time(entry.get("sent_at")))
+        if entry.get("status"):  # your message: sent, delivered or read
+            when.append(f" {entry['status']}", style="dim")
+        table.add_row(when, _who(entry), body)
     out.print(table)
 
 

@@ -1,0 +1,240 @@
+"""Contacts and identity: directory lookups proven by key transparency, pinned
+identities, safety numbers, and who a sender is."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from typing import Any
+
+from parley.client import groups as grp
+from parley.client.api import b64e
+from parley.client.base import (
+    KT_GRACE_S,
+    MAX_NAME,
+    ClientError,
+    Core,
+    IdentityChanged,
+    Session,
+    normalize_phone,
+)
+from parley.client.device import Received
+from parley.client.kt import (
+    KeyTransparencyError,
+    verified_lookup,
+)
+from parley.client.store import ProfileError
+from parley.errors import (
+    ParleyError,
+    ServerError,
+)
+from parley.protocol import group_state as gs
+from parley.protocol.fingerprint import display, parse, safety_number
+from parley.protocol.wire import IdentityPublic
+
+
+class Contacts(Core):
+    async def _contact(self, s: Session, phone: str) -> dict[str, Any]:
+        """Look a phone up; its identity is the one the key directory proves (never the
+        server's word alone), checked against what we trusted before."""
+        phone = normalize_phone(phone)
+        try:
+            info = await s.api.call("GET", f"/v1/directory/{phone}")
+        except ServerError as exc:
+            if exc.code == "not_found":
+                raise ClientError(f"{phone} is not on Parley") from exc
+            raise
+        published = await self._published(s, str(info["account_id"]))
+        if b64e(published["identity_key"]) != info["identity_key"]:
+            raise KeyTransparencyError(
+                f"the server's identity key for {phone} is not the one in the key directory"
+            )
+        return self._remember(s, info["account_id"], info["identity_key"], phone=phone)
+
+    async def _published(self, s: Session, account_id: str) -> dict[str, Any]:
+        """An account's identity and devices as the key directory proves them, waiting
+        briefly for an epoch in progress (a brand-new account)."""
+        deadline = time.monotonic() + KT_GRACE_S
+        while True:
+            try:
+                return await verified_lookup(s.api, account_id)
+            except ServerError as exc:
+                if exc.code != "not_found" or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.3)
+
+    async def _first_message_refusal(  # noqa: PLR0911 - one answer per rule
+        self, s: Session, frame: dict[str, Any], claimed: bytes
+    ) -> str | None:
+        """Why a first message (PreKeyMessage) must be refused, or None. Its identity
+        must be the sender's as the key directory proves it, or as pinned for that
+        contact, and its device one the directory lists: a server that builds a first
+        message under its own key and labels it as someone's is refused here."""
+        sender, device = str(frame["sender"]), int(frame["sender_device"])
+        try:
+            published = await self._published(s, sender)
+        except ParleyError:
+            return "the key directory does not confirm its sender's keys"
+        if device not in published["devices"]:
+            return "it comes from a device the key directory does not list for its sender"
+        if sender == s.device.account_id:
+            mine = s.device.identity.public.to_bytes()
+            return None if claimed == mine else "it claims your account under another identity"
+        contact = s.state["contacts"].get(sender)
+        pinned = base64.b64decode(contact["identity"]) if contact else None
+        if claimed == published["identity_key"]:
+            if pinned is not None and pinned != claimed:
+                record = self._remember(s, sender, b64e(claimed))  # the identity-change flow
+                if record["verified"]:
+                    return (
+                        "it comes under a new identity of a contact you verified; compare "
+                        "the safety number again before you trust it"
+                    )
+            return None
+        if pinned is not None and pinned == claimed:
+            return None
+        return "its identity is neither the key directory's nor the one you know for the sender"
+
+    def _remember(
+        self, s: Session, account_id: str, identity_key: str, phone: str | None = None
+    ) -> dict[str, Any]:
+        contacts = s.state.setdefault("contacts", {})
+        contact = contacts.get(account_id)
+        if contact is None:
+            contact = contacts[account_id] = {
+                "phone": phone or "",
+                "identity": identity_key,
+                "verified": False,
+                "changed": False,
+            }
+        elif contact["identity"] != identity_key:
+            # A new identity: sessions with the old one are dropped; a verified
+            # contact stays blocked until the user checks the new safety number.
+            contact["previous"] = contact["identity"]
+            contact["identity"] = identity_key
+            contact["changed"] = True
+            contact["notified"] = False
+            for key in [k for k in s.device.sessions if k[0] == account_id]:
+                del s.device.sessions[key]
+        if phone:
+            contact["phone"] = phone
+            s.state.setdefault("phones", {})[phone] = account_id
+        return dict(contact, account_id=account_id)
+
+    def _check_sendable(self, contact: dict[str, Any]) -> None:
+        if contact["changed"] and contact["verified"]:
+            raise IdentityChanged(
+                f"the safety number with {contact['phone']} has changed: compare it ('parley safety-number {contact['phone']}') "
+                f"and run 'parley trust {contact['phone']} --safety-number DIGITS' before sending"
+            )
+
+    async def safety_number(self, phone: str) -> str:
+        async def act(s: Session) -> str:
+            contact = await self._contact(s, phone)
+            theirs = IdentityPublic.from_bytes(base64.b64decode(contact["identity"]))
+            return display(safety_number(s.device.identity.public, s.phone, theirs, phone))
+
+        return str(await self.run(act))
+
+    async def trust(self, phone: str, digits: str) -> None:
+        async def act(s: Session) -> None:
+            contact = await self._contact(s, phone)
+            theirs = IdentityPublic.from_bytes(base64.b64decode(contact["identity"]))
+            expected = safety_number(s.device.identity.public, s.phone, theirs, phone)
+            try:
+                given = parse(digits)
+            except ValueError as exc:
+                raise ClientError(str(exc)) from exc
+            if not hmac.compare_digest(given, expected):
+                raise ClientError(
+                    f"that is not the safety number with {phone}: nothing was changed"
+                )
+            record = s.state["contacts"][contact["account_id"]]
+            record.update(verified=True, changed=False)
+            record.pop("previous", None)
+
+        await self.run(act)
+
+    def warnings(self) -> list[str]:
+        """Identity changes to show: for a verified contact on every command until the
+        user re-verifies; for an unverified one, once."""
+        try:
+            with self.profile.locked():
+                session = self._open()
+                state = session.state
+                shown = []
+                for account, c in state.get("contacts", {}).items():
+                    if c.get("changed") and (c.get("verified") or not c.get("notified")):
+                        shown.append(
+                            f"warning: the safety number with {c.get('phone') or account} changed; "
+                            f"compare it with 'parley safety-number {c.get('phone') or account}'"
+                        )
+                        c["notified"] = True
+                shown += [
+                    f"ALARM: {a}; check with 'parley keys check'"
+                    for a in state.get("kt", {}).get("alarms", [])
+                ]
+                if shown:
+                    self._save(session)
+                return shown
+        except ProfileError:
+            return []
+
+    async def _member_phone(self, s: Session, gid: str, account: str) -> str:
+        """A member's number: known from contacts, or the adding admin's word for it once
+        the directory agrees (same account and the identity the admin signed); else the
+        account id."""
+        if account == s.device.account_id:
+            return s.phone
+        contact = s.state["contacts"].get(account)
+        if contact and contact.get("phone"):
+            return str(contact["phone"])
+        log = grp.log_of(s.device, gid)
+        added = [
+            a
+            for change in (log.changes if log else [])
+            for a in change.actions
+            if isinstance(a, gs.Add) and a.member == account and a.phone
+        ]
+        if not added:
+            return account
+        hint = added[-1]
+        try:
+            info = await s.api.call("GET", f"/v1/directory/{normalize_phone(hint.phone)}")
+        except (ServerError, ClientError):
+            return account
+        if info["account_id"] == account and info["identity_key"] == b64e(hint.identity):
+            self._remember(s, account, info["identity_key"], phone=hint.phone)
+            return hint.phone
+        return account
+
+    async def _sender_phone(self, s: Session, received: Received, claimed: str | None) -> str:
+        """The sender's phone, believed only if the directory says that number is theirs."""
+        contact = s.state["contacts"].get(received.sender)
+        if contact and contact.get("phone"):
+            return str(contact["phone"])
+        if received.sender == s.device.account_id:
+            return s.phone
+        if claimed:
+            try:
+                info = await s.api.call("GET", f"/v1/directory/{claimed}")
+            except ServerError:
+                info = None
+            if info and info["account_id"] == received.sender:
+                self._remember(s, received.sender, info["identity_key"], phone=claimed)
+                return claimed
+        return received.sender
+
+    @staticmethod
+    def _sender_name(s: Session, sender: str, claimed: object) -> str:
+        """The display name a contact gave itself (inside the encryption)."""
+        if sender == s.device.account_id:
+            return str(s.state.get("name", ""))
+        contact = s.state["contacts"].get(sender)
+        if contact is None:
+            return ""
+        if isinstance(claimed, str) and len(claimed) <= MAX_NAME:
+            contact["name"] = claimed
+        return str(contact.get("name", ""))
