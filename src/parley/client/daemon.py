@@ -153,7 +153,13 @@ class Connection:
 
     def push(self, message: dict[str, Any] | list[dict[str, Any]]) -> None:
         try:
-            self._outbox.put_nowait(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        except (TypeError, ValueError):  # a result JSON cannot carry: a bug, said as one
+            log("internal error: an answer that is not JSON")
+            rid = message.get("id") if isinstance(message, dict) else None
+            data = rpc.encode(_error(rid, rpc.INTERNAL_ERROR, "internal error"))
+        try:
+            self._outbox.put_nowait(data)
         except asyncio.QueueFull:
             log("a connection fell too far behind and was closed")
             self.subscribed = False
