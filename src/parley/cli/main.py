@@ -66,7 +66,8 @@ class _Version(argparse.Action):
     """``--version``, looked up only when asked for (importlib.metadata is slow to load)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kwargs: Any) -> None:
-        parser.exit(message=f"parley {_version()}\n")
+        sys.stdout.write(f"parley {_version()}\n")  # on stdout, as argparse's own
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - the whole command table
