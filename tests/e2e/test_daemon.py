@@ -235,6 +235,28 @@ def test_commands_run_through_the_daemon_with_the_same_output(
         assert (through.stderr, through.returncode) == (alone.stderr, alone.returncode), c
         assert through.returncode == 1 and through.stderr.count("\n") == 1
 
+    # and without loading the cryptography or the client's core
+    imports = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "parley.cli.main",
+            "--profile",
+            str(tmp_path / "bob"),
+            "whoami",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PARLEY_PASSPHRASE": wrong},
+        timeout=60,
+        check=True,
+    )
+    loaded = {line.split("|")[-1].strip() for line in imports.stderr.splitlines()}
+    assert "parley.cli.remote" in loaded
+    assert not {m for m in loaded if m.startswith(("cryptography", "parley.client.app", "argon2"))}
+
     # a send through the daemon; `receive` prints what the daemon received since
     sent = json.loads(
         run("bob", "send", alice, "through the daemon", "--json", passphrase=wrong).stdout
