@@ -52,10 +52,14 @@ def group_send(tmp: Path, profile: str, gid: str, text: str) -> str:
 
 async def drain(m: Messenger) -> list[str]:
     """What a library user could read: the texts of every message it opened, and
-    whether any of them carried a sender key."""
+    whether any of them carried a sender key (delivery and read receipts left out)."""
     async with m.api.websocket() as ws:
         got = await m.receive(ws, timeout=5)
-    return ["<sender key>" if b'"sender_key"' in r.content.control else r.content.text for r in got]
+    return [
+        "<sender key>" if b'"sender_key"' in r.content.control else r.content.text
+        for r in got
+        if b'"receipt"' not in r.content.control
+    ]
 
 
 def route(hostile: HostileServer, gid: str, account_id: str) -> None:

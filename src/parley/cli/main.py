@@ -413,6 +413,7 @@ def _read_text(args: argparse.Namespace, allow_empty: bool) -> str:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    args.shown_warnings = set()  # the warnings a command printed before it ran
     if args.command == "audit":
         return await _audit(args)
     if args.command == "tui":
@@ -438,6 +439,14 @@ async def _run(args: argparse.Namespace) -> int:
     app = App(Profile(args.profile, _passphrase(creating)), notify=notify)
     try:
         return await _dispatch(app, args)
+    except ParleyError as exc:
+        if exc.code == "key_transparency" and args.command not in ("register", "verify", "link"):
+            # an alarm the command itself raised (a forged log, a stale epoch...): said now,
+            # not only on the next command
+            for warning in app.warnings():
+                if warning.startswith("ALARM") and warning not in args.shown_warnings:
+                    note(warning, style="yellow")
+        raise
     finally:
         await app.close()
 
@@ -458,11 +467,14 @@ async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912
         # Self-monitoring at the start of every network command: one quick try; if the
         # server is down, the command itself says so.
         with contextlib.suppress(ParleyError):
-            await app.keys_check(retries=0)
-            await app.maintain_keys(retries=0)  # rotate prekeys when due, refill when low
+            await app.keys_check(retries=0, quick=True)
+            await app.maintain_keys(
+                retries=0, quick=True
+            )  # rotate prekeys when due, refill when low
     if args.command not in ("register", "verify", "link"):
         for warning in app.warnings():
             note(warning, style="yellow")
+            args.shown_warnings.add(warning)
 
     match args.command:
         case "register":

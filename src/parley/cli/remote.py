@@ -103,11 +103,13 @@ class Remote:
     def warnings(self) -> list[str]:
         return list(self.call("alarms"))
 
-    async def keys_check(self, ack: bool = False, retries: int = 5) -> dict[str, Any]:
-        return dict(self.call("keysCheck", {"ack": ack, "quick": retries == 0}))
+    async def keys_check(
+        self, ack: bool = False, retries: int = 5, quick: bool = False
+    ) -> dict[str, Any]:
+        return dict(self.call("keysCheck", {"ack": ack, "quick": quick or retries == 0}))
 
-    async def maintain_keys(self, retries: int = 5) -> dict[str, Any]:
-        return dict(self.call("maintainKeys", {"quick": retries == 0}))
+    async def maintain_keys(self, retries: int = 5, quick: bool = False) -> dict[str, Any]:
+        return dict(self.call("maintainKeys", {"quick": quick or retries == 0}))
 
     async def send(
         self,

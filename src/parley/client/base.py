@@ -44,6 +44,15 @@ FOREIGN_IDENTITY = "the key directory published an identity key for your account
 KT_GRACE_S = 10.0  # a brand-new account waits for its first epoch (longer under load)
 REFILL = 50  # one-time prekeys of each kind uploaded when the server says they run low
 BATCH = 200  # received frames committed (and acknowledged) together
+GATHER_S = 0.005  # a batch takes the frames that arrive within this of each other
+# A key-directory proof (and the server's phone lookup it checked) is reused for
+# this long within one process: a burst of sends or of first messages from one
+# sender costs one proof, not one each. An answer that would refuse is never
+# taken from the cache: it is asked for again first.
+PROOF_TTL = 30.0
+# The self-check of the key directory and prekeys before every network command
+# runs at most this often (``parley keys check`` always runs it).
+RECHECK_MS = 60_000
 
 
 class ClientError(ParleyError):
@@ -133,6 +142,10 @@ class Core:
         # Told when a receipt moved one of our messages forward: (message id, status).
         self.on_receipt: Callable[[str, str], None] = lambda _id, _status: None
         self._owed: dict[str, list[str]] = {}  # account -> ids received this batch
+        # Proofs and lookups reused for PROOF_TTL seconds (client/contacts.py).
+        self._proofs: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._lookups: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._served_keys: dict[str, tuple[tuple[str, tuple[int, ...]], float]] = {}
 
     # -- profile plumbing ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from parley.client.api import b64e
 from parley.client.base import (
     KT_GRACE_S,
     MAX_NAME,
+    PROOF_TTL,
     ClientError,
     Core,
     IdentityChanged,
@@ -40,26 +41,41 @@ class Contacts(Core):
         """Look a phone up; its identity is the one the key directory proves (never the
         server's word alone), checked against what we trusted before."""
         phone = normalize_phone(phone)
-        try:
-            info = await s.api.call("GET", f"/v1/directory/{phone}")
-        except ServerError as exc:
-            if exc.code == "not_found":
-                raise ClientError(f"{phone} is not on Parley") from exc
-            raise
-        published = await self._published(s, str(info["account_id"]))
-        if b64e(published["identity_key"]) != info["identity_key"]:
-            raise KeyTransparencyError(
-                f"the server's identity key for {phone} is not the one in the key directory"
-            )
-        return self._remember(s, info["account_id"], info["identity_key"], phone=phone)
+        for again in (False, True):
+            cached = self._lookups.get(phone)
+            fresh = again or cached is None or time.monotonic() - cached[0] >= PROOF_TTL
+            if not fresh and cached is not None:
+                info = cached[1]
+            else:
+                try:
+                    info = await s.api.call("GET", f"/v1/directory/{phone}")
+                except ServerError as exc:
+                    if exc.code == "not_found":
+                        raise ClientError(f"{phone} is not on Parley") from exc
+                    raise
+                self._lookups[phone] = (time.monotonic(), info)
+            published = await self._published(s, str(info["account_id"]), fresh)
+            if b64e(published["identity_key"]) == info["identity_key"]:
+                return self._remember(s, info["account_id"], info["identity_key"], phone=phone)
+            if fresh:
+                break
+        raise KeyTransparencyError(
+            f"the server's identity key for {phone} is not the one in the key directory"
+        )
 
-    async def _published(self, s: Session, account_id: str) -> dict[str, Any]:
+    async def _published(self, s: Session, account_id: str, fresh: bool = True) -> dict[str, Any]:
         """An account's identity and devices as the key directory proves them, waiting
-        briefly for an epoch in progress (a brand-new account)."""
+        briefly for an epoch in progress (a brand-new account). Unless ``fresh``, a
+        proof this process verified less than ``PROOF_TTL`` seconds ago is reused."""
+        cached = self._proofs.get(account_id)
+        if not fresh and cached is not None and time.monotonic() - cached[0] < PROOF_TTL:
+            return cached[1]
         deadline = time.monotonic() + KT_GRACE_S
         while True:
             try:
-                return await verified_lookup(s.api, account_id)
+                published = await verified_lookup(s.api, account_id)
+                self._proofs[account_id] = (time.monotonic(), published)
+                return published
             except ServerError as exc:
                 if exc.code != "not_found" or time.monotonic() > deadline:
                     raise
@@ -71,10 +87,13 @@ class Contacts(Core):
         """Why a first message (PreKeyMessage) must be refused, or None. Its identity
         must be the sender's as the key directory proves it, or as pinned for that
         contact, and its device one the directory lists: a server that builds a first
-        message under its own key and labels it as someone's is refused here."""
+        message under its own key and labels it as someone's is refused here. A
+        recent proof may admit it; only a fresh one may refuse it."""
         sender, device = str(frame["sender"]), int(frame["sender_device"])
         try:
-            published = await self._published(s, sender)
+            published = await self._published(s, sender, fresh=False)
+            if device not in published["devices"] or claimed != published["identity_key"]:
+                published = await self._published(s, sender)
         except ParleyError:
             return "the key directory does not confirm its sender's keys"
         if device not in published["devices"]:

@@ -37,14 +37,22 @@ def now_ms() -> int:
 
 class Messenger:
     def __init__(
-        self, api: ApiClient, state: DeviceState, before_send: Callable[[], None] | None = None
+        self,
+        api: ApiClient,
+        state: DeviceState,
+        before_send: Callable[[], None] | None = None,
+        verified: dict[str, tuple[tuple[str, tuple[int, ...]], float]] | None = None,
+        verified_ttl: float = float("inf"),
     ) -> None:
         self.api = api
         self.state = state
         # Called after encrypting and before posting: the app commits the advanced
         # ratchet there, so a crash can never make it encrypt under the same key twice.
         self.before_send = before_send
-        self._verified: dict[str, tuple[str, tuple[int, ...]]] = {}
+        # Served keys already checked against the directory, and when: the app shares
+        # one map between its messengers and bounds how long an entry holds.
+        self._verified = {} if verified is None else verified
+        self._verified_ttl = verified_ttl
 
     @classmethod
     async def register(
@@ -140,10 +148,15 @@ class Messenger:
     async def _check_keys(self, account_id: str, identity_key: str, devices: list[int]) -> None:
         """Key transparency: only keys the directory publishes (cached per state)."""
         state = (identity_key, tuple(sorted(devices)))
-        if self._verified.get(account_id) == state:
+        known = self._verified.get(account_id)
+        if (
+            known is not None
+            and known[0] == state
+            and time.monotonic() - known[1] < self._verified_ttl
+        ):
             return
         await check_served_keys(self.api, account_id, base64.b64decode(identity_key), list(devices))
-        self._verified[account_id] = state
+        self._verified[account_id] = (state, time.monotonic())
 
     async def send_text(
         self, account_id: str, text: str, client_id: str | None = None

@@ -10,6 +10,7 @@ from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.base import (
     FOREIGN_IDENTITY,
     PRIMARY_DEVICE,
+    RECHECK_MS,
     REFILL,
     RETRIES,
     Session,
@@ -34,17 +35,23 @@ from parley.translog import directory
 
 
 class Monitoring(Sending):
-    async def keys_check(self, ack: bool = False, retries: int = RETRIES) -> dict[str, Any]:
+    async def keys_check(
+        self, ack: bool = False, retries: int = RETRIES, quick: bool = False
+    ) -> dict[str, Any]:
         """Check this account's entry in the key directory: every version published since
         the last check (a history chained to the entry now published, so a version shown
         for one epoch and reverted is seen too) against what this device knows, its
         identity key and the devices the user linked. Anything else, and any proof the
         server cannot give, is an alarm, kept and shown on every command until
         acknowledged (``ack``: unknown devices still listed are then not raised again,
-        but never signed into the device list; a foreign identity key stays an alarm)."""
+        but never signed into the device list; a foreign identity key stays an alarm).
+        ``quick`` (the check before every command) is skipped, answering ``skipped``,
+        when a check without alarms completed less than ``RECHECK_MS`` ago."""
 
         async def act(s: Session) -> dict[str, Any]:
             kt = s.api.kt_view
+            if quick and not kt.get("alarms") and now_ms() - kt.get("checked_ms", 0) < RECHECK_MS:
+                return {"ok": True, "alarms": [], "skipped": True}
             published: dict[str, Any] | None = None
             failure: str | None = None
             try:
@@ -135,6 +142,7 @@ class Monitoring(Sending):
         kt["devices"] = sorted(known & current)
         kt["own"] = {"version": published["version"], "value": b64e(published["value"])}
         kt["version"], kt["epoch"] = published["version"], published["epoch"]
+        kt["checked_ms"] = now_ms()
         if published["identity_key"] == mine:
             await self._keep_device_list_signed(s, published)
         return published
@@ -164,12 +172,18 @@ class Monitoring(Sending):
             )
             kt["signed_ms"] = now_ms()
 
-    async def maintain_keys(self, retries: int = RETRIES) -> dict[str, Any]:
+    async def maintain_keys(self, retries: int = RETRIES, quick: bool = False) -> dict[str, Any]:
         """Rotate the signed and last-resort prekeys when due and refill one-time
-        prekeys when the server says they run low; upload what changed."""
+        prekeys when the server says they run low; upload what changed. ``quick`` is
+        skipped when done less than ``RECHECK_MS`` ago (the push socket also says when
+        prekeys run low)."""
 
         async def act(s: Session) -> dict[str, Any]:
-            return await self._maintain_keys(s)
+            if quick and now_ms() - s.state.get("maintained_ms", 0) < RECHECK_MS:
+                return {"rotated": False, "one_time_added": 0, "skipped": True}
+            done = await self._maintain_keys(s)
+            s.state["maintained_ms"] = now_ms()
+            return done
 
         return dict(await self.run(act, retries))
 

@@ -18,6 +18,7 @@ from parley.client import receipts
 from parley.client.api import ApiClient, b64e
 from parley.client.base import (
     BATCH,
+    GATHER_S,
     MESSAGE_ID,
     ClientError,
     Session,
@@ -71,7 +72,7 @@ class Receiving(GroupFlow):
             control = {}
         if sender_info is None and received.sender != s.device.account_id:
             try:
-                published = await self._published(s, received.sender)
+                published = await self._published(s, received.sender, fresh=False)
             except ParleyError:
                 self._refuse(s, received.sender, "the key directory does not confirm its sender")
                 return None
@@ -280,7 +281,7 @@ class Receiving(GroupFlow):
             frames = [json.loads(raw)]
             while len(frames) < BATCH:
                 try:
-                    frames.append(json.loads(await _wait(ws.recv(), 0)))
+                    frames.append(json.loads(await _wait(ws.recv(), GATHER_S)))
                 except TimeoutError:
                     break
             lines: list[dict[str, Any]] = []

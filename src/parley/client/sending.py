@@ -10,6 +10,7 @@ from typing import Any
 
 from parley.client.api import b64e
 from parley.client.base import (
+    PROOF_TTL,
     Session,
     check_text,
     normalize_phone,
@@ -41,9 +42,14 @@ class Sending(Contacts):
     ) -> dict[str, Any]:
         from parley.client.messenger import Messenger
 
-        return await Messenger(s.api, s.device, before_send=lambda: self._save(s)).send_content(
-            account_id, content, client_id
+        messenger = Messenger(
+            s.api,
+            s.device,
+            before_send=lambda: self._save(s),
+            verified=self._served_keys,
+            verified_ttl=PROOF_TTL,
         )
+        return await messenger.send_content(account_id, content, client_id)
 
     async def _sync(
         self,
