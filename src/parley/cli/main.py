@@ -36,6 +36,11 @@ if TYPE_CHECKING:  # loaded when a command runs alone: a command the daemon runs
 
     from parley.client.app import App
 
+# httpcore loads trio whenever it is installed (selenium, a test dependency, brings
+# it). The command line runs on asyncio alone, and trio's import and teardown cost
+# about 0.3 s of every command, so it is kept out of this process.
+sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
+
 out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
 

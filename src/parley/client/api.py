@@ -12,14 +12,15 @@ import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import websockets
-from websockets.asyncio.client import ClientConnection
 
 from parley.errors import ParleyError, ServerError, Unreachable
 from parley.protocol.keys import IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
 
 
 def b64e(data: bytes) -> str:
@@ -206,6 +207,8 @@ class ApiClient:
     async def websocket(self) -> AsyncIterator[ClientConnection]:
         """The push socket, retried like an idempotent call while the server is down;
         a refused credential is a ``ServerError`` at once."""
+        import websockets  # only for the push socket: a send need not load it
+
         url = "ws" + self.base_url.removeprefix("http") + "/v1/websocket"
         for attempt in range(self.retries + 1):
             try:

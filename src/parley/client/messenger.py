@@ -14,9 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from websockets.asyncio.client import ClientConnection
+from typing import TYPE_CHECKING, Any
 
 from parley.client import groups
 from parley.client.api import ApiClient, b64e, keys_json
@@ -27,6 +25,10 @@ from parley.errors import InvalidGroupChange, RemoteProtocolError, ServerError
 from parley.protocol import group_state as gs
 from parley.protocol.keys import IdentityKeyPair
 from parley.protocol.wire import AttachmentPointer, Content
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import ClientConnection
+
 
 MAX_STALE_RETRIES = 3
 

@@ -9,9 +9,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import websockets
+from typing import TYPE_CHECKING, Any
 
 from parley.client import groups as grp
 from parley.client import receipts
@@ -37,6 +35,9 @@ from parley.errors import (
 )
 from parley.protocol import attachments as attachment_crypto
 from parley.protocol.franking import direct_conversation, group_conversation
+
+if TYPE_CHECKING:
+    from websockets import ConnectionClosed
 
 
 class Receiving(GroupFlow):
@@ -235,6 +236,8 @@ class Receiving(GroupFlow):
         """Show messages as they arrive. Without ``follow``, stop once the queue is
         drained (or after ``timeout`` seconds without a frame); with ``follow``, listen
         until interrupted (or ``timeout``), reconnecting when the connection drops."""
+        from websockets import ConnectionClosed  # loaded by what receives, not by a send
+
         count = 0
 
         def counted(entry: dict[str, Any]) -> None:
@@ -250,7 +253,7 @@ class Receiving(GroupFlow):
                     async with s.api.websocket() as ws:
                         if await self._pump(ws, follow, timeout, counted):
                             return count
-                except websockets.ConnectionClosed as exc:
+                except ConnectionClosed as exc:
                     self._connection_lost(exc, follow)
                 except Unreachable:
                     if not follow:
@@ -359,7 +362,7 @@ class Receiving(GroupFlow):
 
         return dict(await self.run(act, retries=0))
 
-    def _connection_lost(self, exc: websockets.ConnectionClosed, follow: bool) -> None:
+    def _connection_lost(self, exc: ConnectionClosed, follow: bool) -> None:
         code = exc.rcvd.code if exc.rcvd is not None else None
         if code == 4403:
             raise ClientError("this device was unlinked or its account closed") from exc
