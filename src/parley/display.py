@@ -23,8 +23,12 @@ from __future__ import annotations
 import html
 import unicodedata
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from rich.text import Text
+if TYPE_CHECKING:
+    # rich is loaded by the first literal() or join(): what needs only visible() or
+    # html_text() (the client's core, a command that prints an id) never pays for it.
+    from rich.text import Text
 
 # Bidirectional formatting characters (Unicode Standard Annex #9).
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
@@ -79,6 +83,8 @@ def visible(text: object, multiline: bool = False) -> str:
 def literal(text: object, multiline: bool = False, style: str = "") -> Text:
     """A rich ``Text`` that shows ``text`` literally: no markup, no emoji codes, controls
     as escapes (set off in reverse video on a terminal)."""
+    from rich.text import Text
+
     value = text if isinstance(text, str) else str(text)
     out = Text(style=style)
     for piece, escaped in _pieces(value, multiline):
@@ -88,6 +94,8 @@ def literal(text: object, multiline: bool = False, style: str = "") -> Text:
 
 def join(*parts: object) -> Text:
     """Concatenate ``Text`` parts (kept) and other values (shown literally, single-line)."""
+    from rich.text import Text
+
     out = Text()
     for part in parts:
         out.append_text(part if isinstance(part, Text) else literal(part))

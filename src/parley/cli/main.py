@@ -15,24 +15,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import getpass
 import json
-import mimetypes
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from parley.display import join, literal, local_time, visible, with_iso
 from parley.errors import ParleyError, ServerError, Unreachable
 
 if TYPE_CHECKING:  # loaded when a command runs alone: a command the daemon runs never needs them
+    from rich.console import Console
     from rich.progress import Progress
+    from rich.table import Table
+    from rich.text import Text
 
     from parley.client.app import App
 
@@ -40,9 +39,9 @@ if TYPE_CHECKING:  # loaded when a command runs alone: a command the daemon runs
 # it). The command line runs on asyncio alone, and trio's import and teardown cost
 # about 0.3 s of every command, so it is kept out of this process.
 sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
-
-out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, markup=False)
+# httpx loads its own command-line client (click, pygments, rich's syntax module: about
+# 50 ms) whenever click is installed (uvicorn brings it); ``parley`` never runs it.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 REASONS = ["csam", "terrorism", "violence", "fraud", "spam", "other"]
 # Commands that work on the profile alone: they never touch the network.
@@ -307,15 +306,52 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+@functools.cache
+def _console(stderr: bool) -> Console:
+    """The rich console for stdout or stderr, made (and rich loaded, about 0.1 s) on first use."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False, markup=False)
+
+
+def out() -> Console:
+    return _console(False)
+
+
+def err() -> Console:
+    return _console(True)
+
+
+def _plain(parts: tuple[object, ...]) -> str | None:
+    """The line ``parts`` make when printing it through rich would write exactly its
+    characters (plain strings and numbers, nothing ``visible`` would escape, so no
+    styled escapes); None otherwise. A command that prints one id (``send``) then
+    never loads rich."""
+    if not all(type(p) in (str, int) for p in parts):
+        return None
+    line = "".join(str(p) for p in parts)
+    return line if visible(line) == line else None
+
+
 def say(*parts: object) -> None:
-    out.print(join(*parts))
+    line = _plain(parts)
+    if line is None:
+        out().print(join(*parts))
+    else:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 def note(*parts: object, style: str = "") -> None:
+    plain = None if style else _plain(parts)
+    if plain is not None:
+        sys.stderr.write(plain + "\n")
+        sys.stderr.flush()
+        return
     line = join(*parts)
     if style:
         line.stylize(style)
-    err.print(line)
+    err().print(line)
 
 
 def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], None]]:
@@ -325,7 +361,7 @@ def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], No
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         DownloadColumn(),
-        console=err,
+        console=err(),
         transient=True,
     )
 
@@ -333,6 +369,18 @@ def _progress(verb: str = "uploaded") -> tuple[Progress, Callable[[str, int], No
         progress.add_task(f"{verb} {visible(name)}", total=size, completed=size)
 
     return progress, done
+
+
+def _new_table(*columns: str) -> Table:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+def _content_type(name: str) -> str:
+    import mimetypes  # only for a send with attachments
+
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 def _size(n: object) -> str:
@@ -354,7 +402,7 @@ def _who(entry: dict[str, Any]) -> Text:
 
 
 def _attachments(entry: dict[str, Any]) -> Text:
-    out_text = Text()
+    out_text = join()
     for a in entry.get("attachments", []):
         name = a.get("name", "") if isinstance(a, dict) else a
         size = a.get("size") if isinstance(a, dict) else None
@@ -366,7 +414,7 @@ def _message_line(entry: dict[str, Any], groups: dict[str, str]) -> Text:
     where = (
         join("[", literal(groups.get(entry["group"], entry["group"])), "] ")
         if entry.get("group")
-        else Text()
+        else join()
     )
     if entry.get("description"):  # a change to the group ("Alice added Dave")
         return join(where, _who(entry), " ", literal(entry["description"]))
@@ -512,7 +560,7 @@ async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912
                     (
                         path.name,
                         data,
-                        mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+                        _content_type(path.name),
                     )
                 )
             if files:
@@ -537,10 +585,10 @@ async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912
                 if args.json:
                     _print_json({"devices": devices})
                 else:
-                    table = Table("device", "role")
+                    table = _new_table("device", "role")
                     for d in devices:
                         table.add_row(str(d), "primary" if d == 1 else "linked")
-                    out.print(table)
+                    out().print(table)
             elif args.devices_command == "link":
                 code = await app.link_code()
                 say(
@@ -582,9 +630,9 @@ async def _dispatch(app: App, args: argparse.Namespace) -> int:  # noqa: PLR0912
                 _print_json(policy)
             else:
                 if policy["accepted"] is None:
-                    out.print(literal(policy["text"], multiline=True))
+                    out().print(literal(policy["text"], multiline=True))
                 elif policy["changed"]:
-                    out.print(literal(policy["diff"], multiline=True))
+                    out().print(literal(policy["diff"], multiline=True))
                 else:
                     say(f"The privacy policy (version {policy['version']}) has not changed.")
                 say(
@@ -651,7 +699,7 @@ def _confirm_delete(app: App) -> None:
     me = app.whoami()
     if not sys.stdin.isatty():
         raise ClientError("delete-account deletes the account for good: add --yes to confirm")
-    err.print(
+    err().print(
         join("This deletes the account ", me["phone"], " on the server and wipes this profile.")
     )
     if input(f"Type the number ({me['phone']}) to confirm: ").strip() != me["phone"]:
@@ -712,7 +760,7 @@ async def _receive(app: App, args: argparse.Namespace) -> None:
         if args.json:
             _print_json(_public(entry))
         else:
-            out.print(_message_line(entry, groups))
+            out().print(_message_line(entry, groups))
         if save_dir is not None and entry.get("attachments"):
             pending.append(entry["id"])
 
@@ -744,19 +792,19 @@ def _history(app: App, args: argparse.Namespace) -> None:
 
 
 def _table(app: App, entries: list[dict[str, Any]]) -> None:
-    table = Table("sent", "from", "text")
+    table = _new_table("sent", "from", "text")
     for entry in entries:
         if entry.get("description"):
             body = literal(entry["description"])
         elif entry.get("event") == "removed":
-            body = Text("removed you from the group")
+            body = join("removed you from the group")
         else:
             body = join(literal(entry["text"], multiline=True), _attachments(entry))
         when = literal(local_time(entry.get("sent_at")))
         if entry.get("status"):  # your message: sent, delivered or read
             when.append(f" {entry['status']}", style="dim")
         table.add_row(when, _who(entry), body)
-    out.print(table)
+    out().print(table)
 
 
 def _chat_ref(app: App, ref: str) -> str:
@@ -771,16 +819,16 @@ def _chats(app: App, args: argparse.Namespace) -> None:
         for c in chats:
             _print_json(c.to_dict())
         return
-    table = Table("chat", "unread", "last", "when")
+    table = _new_table("chat", "unread", "last", "when")
     for c in chats:
-        last = join(literal(c.sender_name or c.sender), ": ", literal(c.last)) if c.last else Text()
+        last = join(literal(c.sender_name or c.sender), ": ", literal(c.last)) if c.last else join()
         table.add_row(
             literal(c.title),
-            Text(str(c.unread) if c.unread else ""),
+            join(str(c.unread) if c.unread else ""),
             last,
             literal(local_time(c.sent_at)),
         )
-    out.print(table)
+    out().print(table)
 
 
 async def _served_policy_version(app: App) -> int | None:
@@ -856,12 +904,12 @@ async def _group(app: App, args: argparse.Namespace) -> None:
             if args.json:
                 _print_json(groups)
             else:
-                table = Table("group", "name", "members")
+                table = _new_table("group", "name", "members")
                 for g in groups:
                     table.add_row(
                         literal(g["id"]), literal(g["name"]), literal(", ".join(g["members"]))
                     )
-                out.print(table)
+                out().print(table)
 
 
 def _one_line_error(exc: ParleyError) -> Text:
@@ -901,14 +949,14 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
-        err.print(Text("parley: interrupted"))
+        note("parley: interrupted")
         return EXIT_INTERRUPTED
     except ParleyError as exc:
-        err.print(_one_line_error(exc))
+        err().print(_one_line_error(exc))
         if exc.code == "key_transparency" and "--json" in (argv or sys.argv[1:]):
             _print_json({"error": {"code": exc.code, "message": exc.message}, "refused": True})
     except OSError as exc:
-        err.print(
+        err().print(
             join(
                 "parley: ",
                 exc.strerror or type(exc).__name__,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,17 @@ def check_server_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _tls_context(base_url: str) -> ssl.SSLContext | bool:
+    """What httpx verifies TLS with: for an ``https://`` server its default (certifi's
+    roots, checked hostname). Every request goes to a path of ``base_url`` and
+    redirects are not followed, so an ``http://`` client never makes a TLS connection:
+    it gets a context with no trusted roots that would refuse any certificate, instead
+    of loading certifi's ~150 roots for nothing (30 to 50 ms of every command)."""
+    if base_url.startswith("https://"):
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostname checked, no roots
+
+
 def _backoff(attempt: int) -> float:
     return min(0.5 * 2.0**attempt, 2.0)
 
@@ -108,7 +120,9 @@ class ApiClient:
         # advances (pinned log key, last verified head...: ``client.kt``); the app
         # points it at the profile's ``state["kt"]``, a library client keeps it in memory.
         self.kt_view: dict[str, Any] = {}
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, verify=_tls_context(self.base_url)
+        )
 
     def _retrying(self, attempt: int) -> None:
         if attempt == 0 and self.on_retry is not None:

@@ -278,6 +278,19 @@ async def verify_entry(
     }
 
 
+def served_keys_published(
+    published: dict[str, Any], identity_key: bytes, devices: list[int]
+) -> bool:
+    """Whether a verified directory entry (``verify_entry``) publishes exactly this
+    identity key and these devices, each signed into the owner's device list."""
+    signed = set(published["signed_devices"] or ())
+    return (
+        published["identity_key"] == identity_key
+        and sorted(published["devices"]) == sorted(devices)
+        and set(devices) <= signed
+    )
+
+
 async def check_served_keys(
     api: ApiClient, account_id: str, identity_key: bytes, devices: list[int]
 ) -> None:
@@ -293,12 +306,12 @@ async def check_served_keys(
                 raise
             await asyncio.sleep(0.3)
             continue
+        if served_keys_published(published, identity_key, devices):
+            return
         signed = set(published["signed_devices"] or ())
         same = published["identity_key"] == identity_key and sorted(published["devices"]) == sorted(
             devices
         )
-        if same and set(devices) <= signed:
-            return
         if loop.time() > deadline:
             if not same:
                 raise KeyTransparencyError(

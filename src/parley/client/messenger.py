@@ -19,7 +19,12 @@ from typing import TYPE_CHECKING, Any
 from parley.client import groups
 from parley.client.api import ApiClient, b64e, keys_json
 from parley.client.device import DeviceState, Received
-from parley.client.kt import KeyTransparencyError, check_served_keys, publish_device_list
+from parley.client.kt import (
+    KeyTransparencyError,
+    check_served_keys,
+    publish_device_list,
+    served_keys_published,
+)
 from parley.crypto.random import Random
 from parley.errors import InvalidGroupChange, RemoteProtocolError, ServerError
 from parley.protocol import group_state as gs
@@ -45,6 +50,7 @@ class Messenger:
         before_send: Callable[[], None] | None = None,
         verified: dict[str, tuple[tuple[str, tuple[int, ...]], float]] | None = None,
         verified_ttl: float = float("inf"),
+        proofs: dict[str, tuple[float, dict[str, Any]]] | None = None,
     ) -> None:
         self.api = api
         self.state = state
@@ -55,6 +61,9 @@ class Messenger:
         # one map between its messengers and bounds how long an entry holds.
         self._verified = {} if verified is None else verified
         self._verified_ttl = verified_ttl
+        # Directory entries this process verified (``client.kt.verified_lookup``), and
+        # when: the app's, filled by the contact lookup just before a send.
+        self._proofs = {} if proofs is None else proofs
 
     @classmethod
     async def register(
@@ -148,16 +157,26 @@ class Messenger:
         raise ServerError(409, "stale_devices", "the recipient's devices kept changing; try again")
 
     async def _check_keys(self, account_id: str, identity_key: str, devices: list[int]) -> None:
-        """Key transparency: only keys the directory publishes (cached per state)."""
+        """Key transparency: only keys the directory publishes (cached per state). A
+        directory entry this process verified less than ``verified_ttl`` ago (the
+        contact lookup of this very send) admits the served keys when it shows exactly
+        them, all signed; anything else is checked against a fresh proof, which alone
+        may refuse."""
         state = (identity_key, tuple(sorted(devices)))
+        now = time.monotonic()
         known = self._verified.get(account_id)
-        if (
-            known is not None
-            and known[0] == state
-            and time.monotonic() - known[1] < self._verified_ttl
-        ):
+        if known is not None and known[0] == state and now - known[1] < self._verified_ttl:
             return
-        await check_served_keys(self.api, account_id, base64.b64decode(identity_key), list(devices))
+        identity = base64.b64decode(identity_key)
+        proven = self._proofs.get(account_id)
+        if (
+            proven is not None
+            and now - proven[0] < self._verified_ttl
+            and served_keys_published(proven[1], identity, devices)
+        ):
+            self._verified[account_id] = (state, proven[0])
+            return
+        await check_served_keys(self.api, account_id, identity, list(devices))
         self._verified[account_id] = (state, time.monotonic())
 
     async def send_text(

@@ -48,6 +48,7 @@ class Sending(Contacts):
             before_send=lambda: self._save(s),
             verified=self._served_keys,
             verified_ttl=PROOF_TTL,
+            proofs=self._proofs,
         )
         return await messenger.send_content(account_id, content, client_id)
 
