@@ -37,7 +37,7 @@ from parley.server.api.public import build_public_router
 from parley.server.api.routes import Handlers, build_router
 from parley.server.api.schemas import MAX_REPORT_BODY
 from parley.server.api.site import build_site_router
-from parley.server.api.websocket import PushSocket, websocket_endpoint
+from parley.server.api.websocket import PushService
 from parley.server.config import ServerConfig
 from parley.server.disclosure.package import DisclosureReader
 from parley.server.fanout.cluster import ClusterFanout
@@ -192,7 +192,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
     state: dict[str, Any] = {}
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: PLR0915 - start-up, in order
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:  # noqa: PLR0915 - start-up, in order
         await db.migrate(engine)
         pepper = await load_or_create(engine, "pepper")
         franking_key = await load_or_create(engine, "franking")
@@ -311,7 +311,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             )
         )
         app.include_router(build_site_router(staff_side.transparency, staff_side.legal, now_ms))
-        state["push"] = websocket_endpoint(
+        state["push"] = PushService(
             accounts, handlers.messages, Deliveries(queue, config.delivery_window, fanout)
         )
         queue.start()
@@ -370,7 +370,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         else:
             log.info("parley-server %s ready (%s database)", __version__, engine.dialect.name)
         try:
-            yield
+            yield {"push": state["push"]}  # uvicorn hands it to each PushProtocol
         finally:
             for task in tasks:
                 task.cancel()
@@ -425,7 +425,6 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         reports=max(config.max_body_bytes, MAX_REPORT_BODY),
     )
     app.add_middleware(SecurityHeaders)  # the console and public pages: CSP, nosniff, no framing
-    app.add_middleware(PushSocket, state=state)  # inside InternalErrors, outside routing
     app.add_middleware(InternalErrors)
     return app
 

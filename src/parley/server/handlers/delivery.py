@@ -152,9 +152,9 @@ class DeliverySession:
             frame = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FrameError(CLOSE_INVALID_DATA, "frame is not JSON") from exc
-        await self.on_message(frame)
+        self.on_ack(frame)
 
-    async def on_message(self, frame: object) -> None:
+    def on_ack(self, frame: object) -> None:
         """Handle one parsed client frame (only acks belong to the session itself)."""
         if not isinstance(frame, dict) or frame.get("type") != "ack":
             raise FrameError(CLOSE_POLICY, "unknown frame type")

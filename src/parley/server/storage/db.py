@@ -21,6 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
+# Every SQLite connection (the engine's and the queue writer's own) runs these.
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=30000",
+    # No checkpoint inside a commit (it would stall the queue writer with
+    # fsyncs); ``checkpoint_loop`` checkpoints from its own connection.
+    "PRAGMA wal_autocheckpoint=0",
+)
+
 
 def async_url(url: str) -> str:
     """Map a plain database URL to its asyncio driver."""
@@ -50,13 +61,8 @@ def create_engine(url: str) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            # No checkpoint inside a commit (it would stall the queue writer with
-            # fsyncs); ``checkpoint_loop`` checkpoints from its own connection.
-            cur.execute("PRAGMA wal_autocheckpoint=0")
+            for pragma in SQLITE_PRAGMAS:
+                cur.execute(pragma)
             cur.close()
 
         return engine

@@ -10,6 +10,15 @@ A message is therefore acknowledged to its sender only after it is on disk,
 and after its recipients' nodes were told, at thousands per second
 (DESIGN-NOTES: group commit).
 
+On SQLite the whole batch runs as one call on a writer thread that owns its
+own ``sqlite3`` connection (same pragmas as the engine's): one thread hop per
+commit instead of one per statement. Measured under load (2 cores, 200
+messages and 200 deletes per commit): the async engine path took 50-85 ms per
+commit, most of it waiting for event-loop turns between statements, against
+about 7 ms for the same work in one call, of which SQLite's fsync is about
+1.3 ms. PostgreSQL keeps the async engine (asyncpg, no threads). Both paths
+run the same statements and the same idempotency rule (``_accept``).
+
 Idempotency: an enqueue may carry a key (HMAC of sender, device and client
 message id). A key already present makes the whole enqueue a duplicate:
 nothing is stored and the sender gets the first attempt's timestamp. The
@@ -21,13 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parley.server.storage.db import SQLITE_PRAGMAS, is_sqlite
 from parley.server.storage.tables import messages, sent_keys
 
 log = logging.getLogger(__name__)
@@ -87,7 +99,149 @@ def _to_message(row: Any) -> QueuedMessage:
 
 
 Device = tuple[str, int]
+
+
+def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
+    return QueuedMessage(
+        id_,
+        r["guid"],
+        r["account_id"],
+        r["device_id"],
+        r["sender_account"],
+        r["sender_device"],
+        r["group_id"],
+        r["envelope"],
+        r["franking_tag"],
+        r["server_ms"],
+    )
+
+
+def _accept(
+    enqueues: list[_Enqueue], seen: dict[bytes, int]
+) -> tuple[list[_Enqueue], list[dict[str, Any]], list[Device]]:
+    """The idempotency rule: an enqueue whose key is stored (or came earlier in this
+    batch) is a duplicate. Returns the accepted ones, the keys to store, and the
+    duplicates' recipients (signalled again: the first attempt may have committed on
+    a node that died before telling anyone)."""
+    accepted: list[_Enqueue] = []
+    new_keys: list[dict[str, Any]] = []
+    again: dict[Device, None] = {}
+    for op in enqueues:
+        if op.key is None:
+            accepted.append(op)
+        elif op.key in seen:
+            op.server_ms = seen[op.key]
+            again.update(((r["account_id"], r["device_id"]), None) for r in op.rows)
+        else:
+            seen[op.key] = op.server_ms
+            new_keys.append({"key": op.key, "server_ms": op.server_ms})
+            accepted.append(op)
+    return accepted, new_keys, list(again)
+
+
 OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
+
+_INSERT = (
+    "INSERT INTO messages (guid, account_id, device_id, sender_account, sender_device,"
+    " group_id, envelope, franking_tag, server_ms, expires_ms)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class _SqliteWriter:
+    """The queue's transactions on SQLite, each run whole on one thread that owns its
+    connection, so a group commit costs one thread hop (see the module docstring)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+        self._conn: sqlite3.Connection | None = None
+
+    async def commit(
+        self, enqueues: list[_Enqueue], guids: list[str]
+    ) -> tuple[list[QueuedMessage], list[Device]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._commit, enqueues, guids)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close)
+        self._thread.shutdown()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            for pragma in SQLITE_PRAGMAS:
+                conn.execute(pragma)
+            self._conn = conn
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _commit(
+        self, enqueues: list[_Enqueue], guids: list[str]
+    ) -> tuple[list[QueuedMessage], list[Device]]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seen: dict[bytes, int] = {}
+            for op in enqueues:
+                if op.key is not None:
+                    found = conn.execute(
+                        "SELECT server_ms FROM sent_keys WHERE key = ?", (op.key,)
+                    ).fetchone()
+                    if found is not None:
+                        seen[op.key] = found[0]
+            accepted, new_keys, again = _accept(enqueues, seen)
+            if new_keys:
+                conn.executemany(
+                    "INSERT INTO sent_keys (key, server_ms) VALUES (?, ?)",
+                    [(k["key"], k["server_ms"]) for k in new_keys],
+                )
+            rows = [row for op in accepted for row in op.rows]
+            committed: list[QueuedMessage] = []
+            if rows:
+                conn.executemany(
+                    _INSERT,
+                    [
+                        (
+                            r["guid"],
+                            r["account_id"],
+                            r["device_id"],
+                            r["sender_account"],
+                            r["sender_device"],
+                            r["group_id"],
+                            r["envelope"],
+                            r["franking_tag"],
+                            r["server_ms"],
+                            r["expires_ms"],
+                        )
+                        for r in rows
+                    ],
+                )
+                # Inside one write transaction an AUTOINCREMENT table hands out
+                # consecutive ids in insert order; the ends are checked all the same.
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                first = last - len(rows) + 1
+                ends = dict(
+                    conn.execute(
+                        "SELECT id, guid FROM messages WHERE id IN (?, ?)", (first, last)
+                    ).fetchall()
+                )
+                if ends.get(first) != rows[0]["guid"] or ends.get(last) != rows[-1]["guid"]:
+                    raise RuntimeError("inserted ids are not consecutive")
+                committed = [_queued(first + i, r) for i, r in enumerate(rows)]
+            if guids:
+                conn.executemany("DELETE FROM messages WHERE guid = ?", [(g,) for g in guids])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return committed, again
 
 
 class MessageQueue:
@@ -101,6 +255,7 @@ class MessageQueue:
         # Acknowledged but not yet committed as deleted: never handed out again,
         # even to a reconnecting device, while their delete is in flight.
         self._deleting: set[str] = set()
+        self._sqlite = _SqliteWriter(str(engine.url.database)) if is_sqlite(engine) else None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._writer(), name="queue-writer")
@@ -111,6 +266,8 @@ class MessageQueue:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._sqlite is not None:
+            await self._sqlite.close()
 
     async def enqueue(
         self, rows: list[dict[str, Any]], key: bytes | None, server_ms: int
@@ -170,77 +327,36 @@ class MessageQueue:
         self, batch: Sequence[_Enqueue | _Delete]
     ) -> tuple[list[QueuedMessage], list[Device]]:
         enqueues = [op for op in batch if isinstance(op, _Enqueue)]
-        deletes = [op for op in batch if isinstance(op, _Delete)]
+        # Sessions accept acks only for guids they pushed to that device, and
+        # guids are random UUIDs, so deleting by guid touches only the owner's queue.
+        guids = [g for op in batch if isinstance(op, _Delete) for g in op.guids]
+        if self._sqlite is not None:
+            return await self._sqlite.commit(enqueues, guids)
         async with self._engine.begin() as conn:
-            accepted = await self._dedupe(conn, enqueues)
-            taken = {id(op) for op in accepted}
-            again = list(
-                {
-                    (r["account_id"], r["device_id"]): None
-                    for op in enqueues
-                    if id(op) not in taken
-                    for r in op.rows
-                }
-            )
+            keyed = [op.key for op in enqueues if op.key is not None]
+            seen: dict[bytes, int] = {}
+            if keyed:
+                found = await conn.execute(
+                    select(sent_keys.c.key, sent_keys.c.server_ms).where(sent_keys.c.key.in_(keyed))
+                )
+                seen = {bytes(r.key): r.server_ms for r in found}
+            accepted, new_keys, again = _accept(enqueues, seen)
+            if new_keys:
+                await conn.execute(insert(sent_keys), new_keys)
             rows = [row for op in accepted for row in op.rows]
             committed: list[QueuedMessage] = []
             if rows:
                 # One multi-row INSERT per batch (insertmanyvalues): RETURNING without
-                # parameter order lets SQLAlchemy batch on SQLite too; ids are matched
-                # back by guid, and the rows handed on are put in id order.
+                # parameter order lets SQLAlchemy batch; ids are matched back by guid,
+                # and the rows handed on are put in id order.
                 result = await conn.execute(
                     insert(messages).returning(messages.c.id, messages.c.guid), rows
                 )
                 ids = {r.guid: r.id for r in result}
-                committed = sorted(
-                    (
-                        QueuedMessage(
-                            ids[r["guid"]],
-                            r["guid"],
-                            r["account_id"],
-                            r["device_id"],
-                            r["sender_account"],
-                            r["sender_device"],
-                            r["group_id"],
-                            r["envelope"],
-                            r["franking_tag"],
-                            r["server_ms"],
-                        )
-                        for r in rows
-                    ),
-                    key=lambda m: m.id,
-                )
-            # Sessions accept acks only for guids they pushed to that device, and
-            # guids are random UUIDs, so deleting by guid touches only the owner's queue.
-            guids = [g for op in deletes for g in op.guids]
+                committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=lambda m: m.id)
             if guids:
                 await conn.execute(delete(messages).where(messages.c.guid.in_(guids)))
         return committed, again
-
-    async def _dedupe(self, conn: AsyncConnection, enqueues: list[_Enqueue]) -> list[_Enqueue]:
-        keyed = [op for op in enqueues if op.key is not None]
-        if not keyed:
-            return enqueues
-        found = await conn.execute(
-            select(sent_keys.c.key, sent_keys.c.server_ms).where(
-                sent_keys.c.key.in_([op.key for op in keyed])
-            )
-        )
-        seen: dict[bytes, int] = {bytes(r.key): r.server_ms for r in found}
-        accepted: list[_Enqueue] = []
-        new_keys: list[dict[str, Any]] = []
-        for op in enqueues:
-            if op.key is None:
-                accepted.append(op)
-            elif op.key in seen:
-                op.server_ms = seen[op.key]
-            else:
-                seen[op.key] = op.server_ms
-                new_keys.append({"key": op.key, "server_ms": op.server_ms})
-                accepted.append(op)
-        if new_keys:
-            await conn.execute(insert(sent_keys), new_keys)
-        return accepted
 
     # -- reads and maintenance (outside the writer: WAL readers do not block it) ------
 
