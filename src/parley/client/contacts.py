@@ -40,7 +40,7 @@ class Contacts(Core):
     async def _contact(self, s: Session, phone: str) -> dict[str, Any]:
         """Look a phone up; its identity is the one the key directory proves (never the
         server's word alone), checked against what we trusted before."""
-        phone = normalize_phone(phone)
+        phone = normalize_phone(phone, self.known_phones(s))
         for again in (False, True):
             cached = self._lookups.get(phone)
             fresh = again or cached is None or time.monotonic() - cached[0] >= PROOF_TTL

@@ -117,7 +117,7 @@ class Sending(Contacts):
         async def act(s: Session) -> str:
             contact = await self._contact(s, phone)
             self._check_sendable(contact)
-            chat = normalize_phone(phone)
+            chat = normalize_phone(phone, self.known_phones(s))
             pointers = await self._upload(s, files, progress)
             client_id = str(uuid.uuid4())
             content = self._content(s, text, pointers, id=client_id)

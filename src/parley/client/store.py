@@ -119,6 +119,9 @@ class Profile:
         self._written: dict[str, bytes] = {}  # name -> JSON last written (or read)
         self._generation = -1
         self._lock_depth = 0
+        # The connection's count of changed rows when the open transaction began (or
+        # earlier): ``save`` writes nothing when no row changed since.
+        self._changes_at_begin = -1
 
     @property
     def db_path(self) -> Path:
@@ -193,6 +196,7 @@ class Profile:
     @contextlib.contextmanager
     def _transaction(self, db: sqlite3.Connection) -> Iterator[None]:
         db.execute("BEGIN IMMEDIATE")
+        self._changes_at_begin = db.total_changes
         try:
             yield
         except BaseException:
@@ -204,6 +208,7 @@ class Profile:
         db = self._conn()
         if not db.in_transaction:
             db.execute("BEGIN IMMEDIATE")
+            self._changes_at_begin = db.total_changes
         return db
 
     def close(self) -> None:
@@ -343,10 +348,16 @@ class Profile:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write what changed (records, messages added since) in one commit."""
+        """Write what changed (records, messages added since) in one commit. When no
+        row changed (an operation that found nothing to do), the transaction ends
+        without a write: no commit to sync, and the generation stays, since no other
+        process has anything to reload."""
         db = self._begin()
         try:
             self._write_state(db, state)
+            if db.total_changes == self._changes_at_begin:
+                db.execute("COMMIT")  # nothing written: ends the transaction, syncs nothing
+                return
             db.execute(
                 "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'"
             )
