@@ -12,7 +12,7 @@ row is deleted on acknowledgement.
 
 from __future__ import annotations
 
-import secrets
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,7 +79,7 @@ class MessagesHandler:
         now: int,
     ) -> dict[str, Any]:
         return {
-            "guid": secrets.token_hex(16),
+            "guid": _guids.next(),
             "account_id": account_id,
             "device_id": device_id,
             "sender_account": who.account_id,
@@ -157,6 +157,28 @@ class MessagesHandler:
         owned = [g for g in guids if g in mine]
         if owned:
             await self._queue.delete(owned)
+
+
+class _Guids:
+    """Random message ids, 128 bits each from the OS generator, drawn 4 KiB at a time:
+    one ``getrandom`` call per id cost about 5% of the send path's CPU."""
+
+    def __init__(self) -> None:
+        self._pool, self._at = b"", 0
+        os.register_at_fork(after_in_child=self._forget)  # a child never reuses the pool
+
+    def _forget(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool, at = os.urandom(4096), 0
+        self._at = at + 16
+        return self._pool[at : at + 16].hex()
+
+
+_guids = _Guids()
 
 
 def _commitment(envelope: bytes, kinds: tuple[type, ...]) -> bytes:

@@ -156,6 +156,7 @@ class _SqliteWriter:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
         self._conn: sqlite3.Connection | None = None
+        self._synchronous = "FULL"  # as SQLITE_PRAGMAS sets it
 
     async def commit(
         self, enqueues: list[_Enqueue], guids: list[str]
@@ -177,6 +178,7 @@ class _SqliteWriter:
         return self._conn
 
     def _close(self) -> None:
+        self._synchronous = "FULL"
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -185,6 +187,15 @@ class _SqliteWriter:
         self, enqueues: list[_Enqueue], guids: list[str]
     ) -> tuple[list[QueuedMessage], list[Device]]:
         conn = self._connect()
+        # A batch of deletes alone is not fsynced: the next commit that stores a
+        # message fsyncs the WAL, and with it every commit before it. A crash in
+        # between only brings acknowledged messages back, which the client drops by
+        # id (as with ``delete_soon``); a stored message is always synced before
+        # its sender's answer.
+        synchronous = "FULL" if enqueues else "NORMAL"
+        if synchronous != self._synchronous:
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
         conn.execute("BEGIN IMMEDIATE")
         try:
             seen: dict[bytes, int] = {}
