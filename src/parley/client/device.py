@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from parley.client import groups
 from parley.crypto.primitives import DHKeyPair, KemKeyPair
@@ -46,6 +47,83 @@ MAX_PREVIOUS_SESSIONS = 5
 
 def _b(text: str) -> bytes:
     return base64.b64decode(text)
+
+
+def _e(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+K = TypeVar("K")
+
+
+class StoredKeys(MutableMapping[int, K]):
+    """Prekeys by id, each kept in its stored form (a JSON list) until first used.
+
+    A device holds a hundred one-time prekeys, and decoding one means deriving an
+    ML-KEM key pair from its seed: loading them all cost every command about 15 ms,
+    and a command that opens no first message (a send) needs none of them. ``stored``
+    gives them back for saving without decoding the ones never used."""
+
+    def __init__(
+        self,
+        decode: Callable[[Any], K],
+        encode: Callable[[K], Any],
+        stored: Iterable[Any] = (),
+    ) -> None:
+        self._decode, self._encode = decode, encode
+        self._items: dict[int, Any] = {}
+        self._undecoded: set[int] = set()
+        for value in stored:
+            key_id = int(value[0])
+            self._items[key_id] = value
+            self._undecoded.add(key_id)
+
+    def __getitem__(self, key_id: int) -> K:
+        value = self._items[key_id]
+        if key_id in self._undecoded:
+            value = self._items[key_id] = self._decode(value)
+            self._undecoded.discard(key_id)
+        return value  # type: ignore[no-any-return]
+
+    def __setitem__(self, key_id: int, key: K) -> None:
+        self._items[key_id] = key
+        self._undecoded.discard(key_id)
+
+    def __delitem__(self, key_id: int) -> None:
+        del self._items[key_id]
+        self._undecoded.discard(key_id)
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._items
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stored(self) -> list[Any]:
+        """Every key in its stored form, in order."""
+        return [
+            value if key_id in self._undecoded else self._encode(value)
+            for key_id, value in self._items.items()
+        ]
+
+
+def _one_time_from(v: list[Any]) -> OneTimePreKey:
+    return OneTimePreKey(int(v[0]), DHKeyPair.from_private_bytes(_b(v[1])))
+
+
+def _one_time_to(k: OneTimePreKey) -> list[Any]:
+    return [k.id, _e(k.key.private_bytes())]
+
+
+def _kem_from(v: list[Any]) -> KemPreKey:
+    return KemPreKey(int(v[0]), KemKeyPair(_b(v[1])), _b(v[2]), bool(v[3]))
+
+
+def _kem_to(k: KemPreKey) -> list[Any]:
+    return [k.id, _e(k.key.seed), _e(k.signature), k.last_resort]
 
 
 def bundle_from_json(identity_key: str, device: dict[str, Any]) -> PreKeyBundle:
@@ -91,8 +169,8 @@ class DeviceState:
         self._next_key_id = next_key_id
         self.signed_prekey = SignedPreKey.generate(identity, self._key_id(), rng)
         self.kem_last_resort = KemPreKey.generate(identity, self._key_id(), rng, last_resort=True)
-        self.one_time: dict[int, OneTimePreKey] = {}
-        self.kem_one_time: dict[int, KemPreKey] = {}
+        self.one_time = StoredKeys(_one_time_from, _one_time_to)
+        self.kem_one_time = StoredKeys(_kem_from, _kem_to)
         self.sessions: dict[tuple[str, int], sessions.Session] = {}
         self.groups: dict[str, GroupSession] = {}
         self.prekeys_rotated_ms = 0
@@ -315,12 +393,7 @@ class DeviceState:
     # -- persistence (the profile store encrypts the whole state) ------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        def e(b: bytes) -> str:
-            return base64.b64encode(b).decode()
-
-        def kem(k: KemPreKey) -> list[Any]:
-            return [k.id, e(k.key.seed), e(k.signature), k.last_resort]
-
+        e, kem = _e, _kem_to
         spk = self.signed_prekey
         return {
             "identity": e(self.identity.private_bytes()),
@@ -329,8 +402,8 @@ class DeviceState:
             "next_key_id": self._next_key_id,
             "signed_prekey": [spk.id, e(spk.key.private_bytes()), e(spk.signature)],
             "kem_last_resort": kem(self.kem_last_resort),
-            "one_time": [[k.id, e(k.key.private_bytes())] for k in self.one_time.values()],
-            "kem_one_time": [kem(k) for k in self.kem_one_time.values()],
+            "one_time": self.one_time.stored(),
+            "kem_one_time": self.kem_one_time.stored(),
             "sessions": {f"{a} {d}": e(x.to_bytes()) for (a, d), x in self.sessions.items()},
             "previous": {
                 f"{a} {d}": [e(x.to_bytes()) for x in xs] for (a, d), xs in self.previous.items()
@@ -347,9 +420,7 @@ class DeviceState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], rng: Random) -> DeviceState:
-        def kem(v: list[Any]) -> KemPreKey:
-            return KemPreKey(int(v[0]), KemKeyPair(_b(v[1])), _b(v[2]), bool(v[3]))
-
+        kem = _kem_from
         state = cls.__new__(cls)
         state.identity = IdentityKeyPair.from_private_bytes(_b(data["identity"]))
         state.rng = rng
@@ -360,11 +431,8 @@ class DeviceState:
             int(spk[0]), DHKeyPair.from_private_bytes(_b(spk[1])), _b(spk[2])
         )
         state.kem_last_resort = kem(data["kem_last_resort"])
-        state.one_time = {
-            int(i): OneTimePreKey(int(i), DHKeyPair.from_private_bytes(_b(k)))
-            for i, k in data["one_time"]
-        }
-        state.kem_one_time = {k.id: k for k in map(kem, data["kem_one_time"])}
+        state.one_time = StoredKeys(_one_time_from, _one_time_to, data["one_time"])
+        state.kem_one_time = StoredKeys(_kem_from, _kem_to, data["kem_one_time"])
         state.sessions = {}
         for key, blob in data["sessions"].items():
             account, device = key.rsplit(" ", 1)
