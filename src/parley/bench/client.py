@@ -9,7 +9,10 @@
 - ``send_p50_ms``: a ``send`` through Bob's daemon, the JSON-RPC round trip until
   ``{"id"}`` (the message encrypted, stored by the server, the ratchet committed);
 - ``command_ms``: a standalone ``parley send`` (no daemon), wall time of the process
-  minus the Argon2id it runs (measured here with the profile's parameters);
+  minus the Argon2id it runs (measured here with the profile's parameters), started
+  as an installed ``parley`` starts: from Python's bytecode cache (see ``_child_env``);
+  ``command_no_bytecode_cache_ms`` the same with the environment's
+  PYTHONDONTWRITEBYTECODE kept (measured only when it is set);
   ``command_daemon_ms`` the same command while the daemon runs;
 - ``open_chat_ms``: with 100,000 messages stored, opening the profile (Argon2id
   excluded) and reading a chat's last 50 messages; ``open_1k_ms`` / ``open_100k_ms``
@@ -40,8 +43,19 @@ BOB = "+14155550100"
 SENDERS = 10  # who queue messages for Bob: the server lets one account look up 100 numbers at once
 
 
-def _cli(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PARLEY_PASSPHRASE": PASSPHRASE}
+def _child_env(pycache: Path) -> dict[str, str]:
+    """The environment of the ``parley`` processes: an installed package is
+    byte-compiled when pip installs it, and Python loads its modules from that cache.
+    An editable install under PYTHONDONTWRITEBYTECODE=1 (as in this project's
+    sandbox) has no cache, and every command would first compile parley's ~45 modules
+    from source (about 0.1 s). The cache goes to the run's temporary directory, not
+    beside the sources, and fills during the registrations."""
+    env = {**os.environ, "PARLEY_PASSPHRASE": PASSPHRASE, "PYTHONPYCACHEPREFIX": str(pycache)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
+def _cli(profile: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "parley.cli.main", "--profile", str(profile), *args],
         capture_output=True,
@@ -55,10 +69,10 @@ def _cli(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return result
 
 
-def _register(profile: Path, phone: str, url: str, sms: Path) -> None:
-    _cli(profile, "register", phone, "--server", url)
+def _register(profile: Path, phone: str, url: str, sms: Path, env: dict[str, str]) -> None:
+    _cli(profile, "register", phone, "--server", url, env=env)
     code = [ln.split()[1] for ln in sms.read_text().splitlines() if ln.split()[0] == phone][-1]
-    _cli(profile, "verify", code, "--name", profile.name)
+    _cli(profile, "verify", code, "--name", profile.name, env=env)
 
 
 def _argon2_s(runs: int = 3) -> float:
@@ -98,8 +112,8 @@ async def _queue(profile: Path, to: str, n: int, log: Callable[[str], None]) -> 
 
 
 class _Daemon:
-    def __init__(self, profile: Path, log_path: Path) -> None:
-        env = {**os.environ, "PARLEY_PASSPHRASE": PASSPHRASE}
+    def __init__(self, profile: Path, log_path: Path, env: dict[str, str]) -> None:
+        env = dict(env)
         env.pop(rpc.SOCKET_ENV, None)
         self.path = profile / rpc.SOCKET_NAME
         with log_path.open("ab") as out:
@@ -138,8 +152,8 @@ def _answer(conn: rpc.Connection, rid: int, seen: list[dict[str, Any]]) -> Any:
         seen.append(message)
 
 
-def _receive_through_daemon(bob: Path, root: Path, n: int) -> float:
-    daemon = _Daemon(bob, root / "daemon.log")
+def _receive_through_daemon(bob: Path, root: Path, n: int, env: dict[str, str]) -> float:
+    daemon = _Daemon(bob, root / "daemon.log", env)
     try:
         conn = daemon.connect()
         start = time.perf_counter()
@@ -161,8 +175,10 @@ def _receive_through_daemon(bob: Path, root: Path, n: int) -> float:
         daemon.stop()
 
 
-def _sends_through_daemon(bob: Path, root: Path, to: str, n: int) -> list[float]:
-    daemon = _Daemon(bob, root / "daemon.log")
+def _sends_through_daemon(
+    bob: Path, root: Path, to: str, n: int, env: dict[str, str]
+) -> list[float]:
+    daemon = _Daemon(bob, root / "daemon.log", env)
     try:
         conn = daemon.connect()
         seen: list[dict[str, Any]] = []
@@ -182,23 +198,23 @@ def _sends_through_daemon(bob: Path, root: Path, to: str, n: int) -> list[float]
         daemon.stop()
 
 
-def _command_ms(profile: Path, to: str, argon2_s: float, runs: int) -> float:
+def _command_ms(profile: Path, to: str, argon2_s: float, runs: int, env: dict[str, str]) -> float:
     walls = []
     for i in range(runs):
         start = time.perf_counter()
-        _cli(profile, "send", to, f"standalone {i}")
+        _cli(profile, "send", to, f"standalone {i}", env=env)
         walls.append(time.perf_counter() - start - argon2_s)
     return statistics.median(walls) * 1000
 
 
-def _command_daemon_ms(bob: Path, root: Path, to: str, runs: int) -> float:
-    daemon = _Daemon(bob, root / "daemon.log")
+def _command_daemon_ms(bob: Path, root: Path, to: str, runs: int, env: dict[str, str]) -> float:
+    daemon = _Daemon(bob, root / "daemon.log", env)
     try:
         daemon.connect().close()
         walls = []
         for i in range(runs):
             start = time.perf_counter()
-            _cli(bob, "send", to, f"through the daemon {i}")
+            _cli(bob, "send", to, f"through the daemon {i}", env=env)
             walls.append(time.perf_counter() - start)
         return statistics.median(walls) * 1000
     finally:
@@ -284,26 +300,31 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
         _parley_cmd(root / "data", port, sms, []), root / "server.log", port
     )
     url = f"http://127.0.0.1:{port}"
+    env = _child_env(root / "pycache")
     try:
         bob = root / "bob"
         senders = [(root / f"sender{i}", f"+1415555{i + 1:04d}") for i in range(n_senders)]
         log(f"registering Bob and {n_senders} people who write to him")
-        _register(bob, BOB, url, sms)
+        _register(bob, BOB, url, sms, env)
         for profile, phone in senders:
-            _register(profile, phone, url, sms)
+            _register(profile, phone, url, sms, env)
         argon2_s = _argon2_s()
         log(f"queueing {n_queue} messages for Bob")
         for profile, _phone in senders:
             asyncio.run(_queue(profile, BOB, n_queue // n_senders, log))
         alice_phone, carol = senders[0][1], senders[-1][0]
         log("receiving them through Bob's daemon")
-        receive_s = _receive_through_daemon(bob, root, n_queue)
+        receive_s = _receive_through_daemon(bob, root, n_queue, env)
         log(f"  {receive_s:.2f} s")
         log(f"{n_sends} sends through the daemon")
-        sends = _sends_through_daemon(bob, root, alice_phone, n_sends)
+        sends = _sends_through_daemon(bob, root, alice_phone, n_sends, env)
         log("standalone commands")
-        command_ms = _command_ms(carol, BOB, argon2_s, 5)
-        command_daemon_ms = _command_daemon_ms(bob, root, alice_phone, 5)
+        command_ms = _command_ms(carol, BOB, argon2_s, 5, env)
+        no_cache_ms = None
+        if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+            as_set = {**os.environ, "PARLEY_PASSPHRASE": PASSPHRASE}
+            no_cache_ms = round(_command_ms(carol, BOB, argon2_s, 5, as_set))
+        command_daemon_ms = _command_daemon_ms(bob, root, alice_phone, 5, env)
         log("opening a chat: 1,000 messages, then 100,000")
         _fill(bob, alice_phone, 1000, log)
         open_1k, read_1k = _open_chat(bob, alice_phone)
@@ -320,6 +341,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> dict[str, An
             "send_p50_ms": round(statistics.median(sends) * 1000, 1),
             "send_p90_ms": round(sorted(sends)[int(len(sends) * 0.9)] * 1000, 1),
             "command_ms": round(command_ms),
+            "command_no_bytecode_cache_ms": no_cache_ms,
             "command_daemon_ms": round(command_daemon_ms),
             "argon2id_ms": round(argon2_s * 1000),
             "open_chat_ms": round(open_big + read_big, 1),
