@@ -63,23 +63,45 @@ def _walk(value: Any) -> None:
     """The rules orjson does not apply itself: NUL, integer range, depth. (orjson
     refuses invalid UTF-8, lone surrogates, raw or escaped, and NaN/Infinity; it
     reads an integer past 64 bits as a float, so an integral float out of range
-    is refused too: a lax integer field would otherwise take it.)"""
-    stack: list[tuple[Any, int, bool]] = [(value, 1, False)]
+    is refused too: a lax integer field would otherwise take it.) Scalars are
+    checked where they are met, not pushed: this runs on every websocket frame."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
-        item, depth, any_character = stack.pop()
+        item, depth = stack.pop()
         kind = type(item)
-        if kind is dict or kind is list:
-            if depth > MAX_DEPTH:
-                raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep")
-            if kind is dict:
-                for key, child in item.items():
-                    if "\x00" in key:
-                        raise _refuse("strings may not contain NUL characters")
-                    stack.append((child, depth + 1, key in ANY_CHARACTER_KEYS))
-            else:
-                stack.extend((child, depth + 1, False) for child in item)
+        if kind is dict:
+            _dict(item, depth, stack)
+        elif kind is list:
+            _list(item, depth, stack)
         else:
-            _scalar(item, kind, any_character)
+            _scalar(item, kind, False)
+
+
+def _dict(item: dict[str, Any], depth: int, stack: list[tuple[Any, int]]) -> None:
+    if depth > MAX_DEPTH:
+        raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep")
+    for key, child in item.items():
+        if "\x00" in key:
+            raise _refuse("strings may not contain NUL characters")
+        kind = type(child)
+        if kind is str:
+            if "\x00" in child and key not in ANY_CHARACTER_KEYS:
+                raise _refuse("strings may not contain NUL characters")
+        elif kind is dict or kind is list:
+            stack.append((child, depth + 1))
+        else:
+            _scalar(child, kind, False)
+
+
+def _list(item: list[Any], depth: int, stack: list[tuple[Any, int]]) -> None:
+    if depth > MAX_DEPTH:
+        raise _refuse(f"JSON may be nested at most {MAX_DEPTH} deep")
+    for child in item:
+        kind = type(child)
+        if kind is dict or kind is list:
+            stack.append((child, depth + 1))
+        else:
+            _scalar(child, kind, False)
 
 
 def _scalar(item: Any, kind: type, any_character: bool) -> None:
