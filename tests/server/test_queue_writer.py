@@ -1,0 +1,64 @@
+"""The SQLite queue writer (one call per group commit on its own thread): the ids it
+hands on are the database's, a repeated idempotency key stores nothing, and
+deletes commit with the batch they came in."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from parley.server.storage import db
+from parley.server.storage.queue import MessageQueue, QueuedMessage
+from parley.server.storage.tables import messages
+
+
+def _row(guid: str, device: int = 1) -> dict[str, Any]:
+    return {
+        "guid": guid,
+        "account_id": "bob",
+        "device_id": device,
+        "sender_account": "alice",
+        "sender_device": 1,
+        "group_id": None,
+        "envelope": b"ciphertext",
+        "franking_tag": b"t" * 32,
+        "server_ms": 5,
+        "expires_ms": 10**15,
+    }
+
+
+async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    await db.migrate(engine)
+    handed: list[QueuedMessage] = []
+    again: list[tuple[str, int]] = []
+
+    async def on_commit(rows: list[QueuedMessage], devices: list[tuple[str, int]]) -> None:
+        handed.extend(rows)
+        again.extend(devices)
+
+    queue = MessageQueue(engine, on_commit)
+    queue.start()
+    first = await queue.enqueue([_row("g0")], b"k" * 32, 100)
+    # One batch: two devices of one send, a plain send, a repeat of the first key
+    # (made again later: its server time must be the first one's), and a delete.
+    results = await asyncio.gather(
+        queue.enqueue([_row("g1", 1), _row("g2", 2)], b"a" * 32, 200),
+        queue.enqueue([_row("g3")], None, 300),
+        queue.enqueue([_row("g9")], b"k" * 32, 400),
+        queue.delete(["g0"]),
+    )
+    await queue.close()
+    assert first == 100 and results[:3] == [200, 300, 100]
+    async with engine.connect() as conn:
+        stored = {r.guid: r.id for r in await conn.execute(select(messages))}
+    assert set(stored) == {"g1", "g2", "g3"}  # g0 deleted, g9 a duplicate
+    assert {m.guid: m.id for m in handed if m.guid != "g0"} == stored
+    assert [m.id for m in handed] == sorted(m.id for m in handed)
+    assert ("bob", 1) in again
+    await engine.dispose()
