@@ -23,11 +23,10 @@ websocket client for Parley, ``parley.bench.xmpp`` for XMPP):
   most 30 s after ``closed``, 60 s after a rate phase, quick: 20 s; or 5 s
   without progress), so an overloaded server's backlog does not spill into
   the next phase. Above a server's capacity an offered rate builds a queue
-  for the whole window, so its latencies measure that queue. Parley's
-  websocket server (uvicorn's keepalive: a ping every 20 s, the socket
-  closed with 1011 if its pong is not back within 20 s) then closes senders
-  whose pong waits behind their own unread backlog: ``connections_lost`` and
-  ``close_codes`` in ``phases`` say so, and ``delivered_fraction_*`` drops.
+  for the whole window, so its latencies measure that queue. A server that
+  closes sockets under that load (Parley closes one with 1011 when nothing
+  arrives within 20 s of a keepalive ping) shows it in ``connections_lost``
+  and ``close_codes`` in ``phases``, and ``delivered_fraction_*`` drops.
 
 Each server is configured by the benchmark in a temporary directory, on
 free loopback ports, without traffic shaping or rate limits (see
