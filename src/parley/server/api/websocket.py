@@ -270,8 +270,8 @@ class PushProtocol(asyncio.Protocol):
             timer.cancel()
         if self.flush_handle is not None:
             self.flush_handle.cancel()
-        if self.handshake is not None and not self.handshake.done():
-            self.handshake.cancel()
+        # A running handshake is not cancelled: it sees the loss itself, after
+        # ``deliveries.open`` if it got that far, and unregisters the session.
         if self.connection is not None:
             self.loop.create_task(self._finish())
 
