@@ -60,8 +60,9 @@ class StoredKeys(MutableMapping[int, K]):
     """Prekeys by id, each kept in its stored form (a JSON list) until first used.
 
     A device holds a hundred one-time prekeys, and decoding one means deriving an
-    ML-KEM key pair from its seed: loading them all cost every command about 15 ms,
-    and a command that opens no first message (a send) needs none of them. ``stored``
+    ML-KEM key pair from its seed: loading them all cost every command about 15 ms
+    (the first ML-KEM key also loads pyca's OpenSSL backend module, about 8 ms), and
+    a command that opens no first message (a send) needs none of them. ``stored``
     gives them back for saving without decoding the ones never used."""
 
     def __init__(
@@ -126,6 +127,14 @@ def _kem_to(k: KemPreKey) -> list[Any]:
     return [k.id, _e(k.key.seed), _e(k.signature), k.last_resort]
 
 
+def _retired_kem_from(v: list[Any]) -> tuple[KemPreKey, int]:
+    return _kem_from(v[:4]), int(v[4])
+
+
+def _retired_kem_to(retired: tuple[KemPreKey, int]) -> list[Any]:
+    return [*_kem_to(retired[0]), retired[1]]
+
+
 def bundle_from_json(identity_key: str, device: dict[str, Any]) -> PreKeyBundle:
     """A server bundle (JSON) as a protocol bundle; signatures are checked on use."""
     try:
@@ -168,6 +177,7 @@ class DeviceState:
         self.device_id = 0
         self._next_key_id = next_key_id
         self.signed_prekey = SignedPreKey.generate(identity, self._key_id(), rng)
+        self._kem_last_resort_stored: list[Any] | None = None
         self.kem_last_resort = KemPreKey.generate(identity, self._key_id(), rng, last_resort=True)
         self.one_time = StoredKeys(_one_time_from, _one_time_to)
         self.kem_one_time = StoredKeys(_kem_from, _kem_to)
@@ -175,12 +185,26 @@ class DeviceState:
         self.groups: dict[str, GroupSession] = {}
         self.prekeys_rotated_ms = 0
         self.retired_signed: dict[int, tuple[SignedPreKey, int]] = {}
-        self.retired_kem: dict[int, tuple[KemPreKey, int]] = {}
+        self.retired_kem = StoredKeys(_retired_kem_from, _retired_kem_to)
         # Base keys of the first messages accepted, per signed prekey id: a first
         # message is accepted once (a replay under another device id, or after the
         # session changed, is refused). Dropped with the signed prekey's private key.
         self.base_keys: dict[int, set[bytes]] = {}
         self.previous: dict[tuple[str, int], list[sessions.Session]] = {}
+
+    @property
+    def kem_last_resort(self) -> KemPreKey:
+        """The last-resort ML-KEM prekey, decoded from the profile when first used
+        (as ``StoredKeys``: a send does not need it)."""
+        if self._kem_last_resort_stored is not None:
+            self._kem_last_resort = _kem_from(self._kem_last_resort_stored)
+            self._kem_last_resort_stored = None
+        return self._kem_last_resort
+
+    @kem_last_resort.setter
+    def kem_last_resort(self, key: KemPreKey) -> None:
+        self._kem_last_resort = key
+        self._kem_last_resort_stored = None
 
     def _key_id(self) -> int:
         self._next_key_id += 1
@@ -393,15 +417,16 @@ class DeviceState:
     # -- persistence (the profile store encrypts the whole state) ------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        e, kem = _e, _kem_to
+        e = _e
         spk = self.signed_prekey
+        stored_kem = self._kem_last_resort_stored
         return {
             "identity": e(self.identity.private_bytes()),
             "account_id": self.account_id,
             "device_id": self.device_id,
             "next_key_id": self._next_key_id,
             "signed_prekey": [spk.id, e(spk.key.private_bytes()), e(spk.signature)],
-            "kem_last_resort": kem(self.kem_last_resort),
+            "kem_last_resort": _kem_to(self.kem_last_resort) if stored_kem is None else stored_kem,
             "one_time": self.one_time.stored(),
             "kem_one_time": self.kem_one_time.stored(),
             "sessions": {f"{a} {d}": e(x.to_bytes()) for (a, d), x in self.sessions.items()},
@@ -413,14 +438,13 @@ class DeviceState:
                 [k.id, e(k.key.private_bytes()), e(k.signature), at]
                 for k, at in self.retired_signed.values()
             ],
-            "retired_kem": [[*kem(k), at] for k, at in self.retired_kem.values()],
+            "retired_kem": self.retired_kem.stored(),
             "base_keys": {str(i): sorted(e(b) for b in keys) for i, keys in self.base_keys.items()},
             "groups": {gid: e(group_to_bytes(g)) for gid, g in self.groups.items()},
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], rng: Random) -> DeviceState:
-        kem = _kem_from
         state = cls.__new__(cls)
         state.identity = IdentityKeyPair.from_private_bytes(_b(data["identity"]))
         state.rng = rng
@@ -430,7 +454,7 @@ class DeviceState:
         state.signed_prekey = SignedPreKey(
             int(spk[0]), DHKeyPair.from_private_bytes(_b(spk[1])), _b(spk[2])
         )
-        state.kem_last_resort = kem(data["kem_last_resort"])
+        state._kem_last_resort_stored = data["kem_last_resort"]
         state.one_time = StoredKeys(_one_time_from, _one_time_to, data["one_time"])
         state.kem_one_time = StoredKeys(_kem_from, _kem_to, data["kem_one_time"])
         state.sessions = {}
@@ -453,9 +477,9 @@ class DeviceState:
             )
             for v in data.get("retired_signed", [])
         }
-        state.retired_kem = {
-            int(v[0]): (kem(v[:4]), int(v[4])) for v in data.get("retired_kem", [])
-        }
+        state.retired_kem = StoredKeys(
+            _retired_kem_from, _retired_kem_to, data.get("retired_kem", [])
+        )
         state.base_keys = {
             int(i): {_b(x) for x in keys} for i, keys in data.get("base_keys", {}).items()
         }
