@@ -34,6 +34,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -101,19 +102,25 @@ def _to_message(row: Any) -> QueuedMessage:
 Device = tuple[str, int]
 
 
+# A queued row's fields in ``QueuedMessage`` order (after its id), then its expiry:
+# the order of ``_INSERT``'s columns too.
+_FIELD_NAMES = (
+    "guid",
+    "account_id",
+    "device_id",
+    "sender_account",
+    "sender_device",
+    "group_id",
+    "envelope",
+    "franking_tag",
+    "server_ms",
+)
+_FIELDS = itemgetter(*_FIELD_NAMES)
+_COLUMNS = itemgetter(*_FIELD_NAMES, "expires_ms")
+
+
 def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
-    return QueuedMessage(
-        id_,
-        r["guid"],
-        r["account_id"],
-        r["device_id"],
-        r["sender_account"],
-        r["sender_device"],
-        r["group_id"],
-        r["envelope"],
-        r["franking_tag"],
-        r["server_ms"],
-    )
+    return QueuedMessage(id_, *_FIELDS(r))
 
 
 def _accept(
@@ -215,24 +222,7 @@ class _SqliteWriter:
             rows = [row for op in accepted for row in op.rows]
             committed: list[QueuedMessage] = []
             if rows:
-                conn.executemany(
-                    _INSERT,
-                    [
-                        (
-                            r["guid"],
-                            r["account_id"],
-                            r["device_id"],
-                            r["sender_account"],
-                            r["sender_device"],
-                            r["group_id"],
-                            r["envelope"],
-                            r["franking_tag"],
-                            r["server_ms"],
-                            r["expires_ms"],
-                        )
-                        for r in rows
-                    ],
-                )
+                conn.executemany(_INSERT, [_COLUMNS(r) for r in rows])
                 # Inside one write transaction an AUTOINCREMENT table hands out
                 # consecutive ids in insert order; the ends are checked all the same.
                 last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
