@@ -19,7 +19,9 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import OptionList
 
+from parley.client.base import Session
 from parley.client.core import Client, Event
+from parley.client.kt import verified_lookup
 from parley.client.store import Profile
 from parley.client.tui.app import ParleyApp
 from parley.client.tui.widgets import AlarmBanner, MessageList
@@ -64,6 +66,24 @@ async def person(server: ServerProcess, root: Path, name: str, phone: str | None
     await client.app.register(phone, server.url, force=True)
     await client.app.verify(await server.code_for(phone), name)
     return client
+
+
+async def published(client: Client) -> None:
+    """Wait until the key directory publishes ``client``'s identity. A registration asks
+    the server for an epoch, which follows within moments; a first message that arrives
+    before it is refused by whoever checks its sender against the directory (the
+    directory still shows the number's old identity), so a test that sends right after
+    registering would depend on the client being slow."""
+
+    async def act(s: Session) -> bool:
+        entry = await verified_lookup(s.api, s.device.account_id)
+        return bool(entry["identity_key"] == s.device.identity.public.to_bytes())
+
+    deadline = time.monotonic() + LIMIT
+    while not await client.app.run(act):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the directory did not publish a new identity in {LIMIT} s")
+        await asyncio.sleep(0.1)
 
 
 def phone_of(client: Client) -> str:
@@ -289,6 +309,7 @@ async def test_groups_safety_number_and_the_identity_alarm(
         # refused (alice had verified him), and the banner says why until acknowledged.
         bob2 = await person(server, tmp_path, "bob2", phone=b_phone)
         try:
+            await published(bob2)
             await bob2.send(phone_of(alice), "it is me, new phone")
             banner = app.screen.query_one(AlarmBanner)
             await until(pilot, lambda: banner.has_class("raised"), "the alarm banner")
