@@ -89,7 +89,13 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            log = (self.root / f"server-{self.starts}.log").read_text(errors="replace")
+            raise AssertionError(f"the server did not stop; its log ends:\n{log[-6000:]}") from None
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

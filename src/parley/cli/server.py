@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from parley.server import logs
+from parley.server import logs, watchdog
 from parley.server.config import DAY_MS, ServerConfig
 
 
@@ -129,6 +129,7 @@ def app_from_env() -> object:
         }
     )
     logs.configure(config.log_level)
+    watchdog.enable()
     from parley.server.app import create_app
 
     return create_app(config)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logs.configure(config.log_level)  # before anything logs: see server/logs.py
+    watchdog.enable()  # a shutdown that hangs is reported and ended (server/watchdog.py)
     import uvicorn
 
     from parley.server.app import create_app
@@ -184,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except SystemExit as exc:  # the signal handler above, after a graceful shutdown
         code = exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:  # still exit below: a driver's thread must not hold the process
+        logging.getLogger("parley.server").error("server failed: %s", type(exc).__name__)
+        code = 1
     else:
         code = 0
     # uvicorn returns only after the lifespan shutdown, which finished every submitted

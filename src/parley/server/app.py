@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from parley import __version__
 from parley.crypto.primitives import SigningKey
 from parley.errors import ApiError, RateLimited
+from parley.server import watchdog
 from parley.server.api.admin import build_admin_router
 from parley.server.api.console import build_console_router
 from parley.server.api.html import SecurityHeaders, error_page, is_html
@@ -80,6 +81,9 @@ from parley.server.storage.transparency import TransparencyStore
 
 log = logging.getLogger("parley.server")
 SENT_KEY_RETENTION_MS = 86_400_000
+# From the application's shutdown (after uvicorn's 10 s for open connections) to the
+# process's end: the lifespan's own shutdown takes milliseconds.
+SHUTDOWN_DEADLINE_S = 10.0
 
 
 def now_ms() -> int:
@@ -372,8 +376,15 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
         try:
             yield {"push": state["push"]}  # uvicorn hands it to each PushProtocol
         finally:
+            # Bounded: whatever still holds the process after this is reported and
+            # ended by the watchdog (server/watchdog.py) rather than hanging it.
+            watchdog.arm(SHUTDOWN_DEADLINE_S)
             for task in tasks:
                 task.cancel()
+            # Awaited before the engine goes: a task cancelled in the middle of a
+            # query must hand its connection back while the pool still exists.
+            if tasks:
+                await asyncio.wait(tasks, timeout=SHUTDOWN_DEADLINE_S / 2)
             await fanout.close_all()
             await queue.close()
             if lease is not None:
