@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 
 from parley.server.storage import db
-from parley.server.storage.queue import MessageQueue, QueuedMessage
+from parley.server.storage.queue import _CHUNK, MessageQueue, QueuedMessage
 from parley.server.storage.tables import messages
 
 
@@ -61,4 +61,36 @@ async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothi
     assert {m.guid: m.id for m in handed if m.guid != "g0"} == stored
     assert [m.id for m in handed] == sorted(m.id for m in handed)
     assert ("bob", 1) in again
+    await engine.dispose()
+
+
+async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
+    tmp_path: Path,
+) -> None:
+    """More rows, keys and deletes than one multi-row statement carries (``_CHUNK``)."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    await db.migrate(engine)
+    handed: list[QueuedMessage] = []
+
+    async def on_commit(rows: list[QueuedMessage], _devices: list[tuple[str, int]]) -> None:
+        handed.extend(rows)
+
+    queue = MessageQueue(engine, on_commit)
+    queue.start()
+    n = 2 * _CHUNK + 7
+    await asyncio.gather(*(queue.enqueue([_row(f"old{i}")], None, 1) for i in range(n)))
+    key = [i.to_bytes(32, "big") for i in range(n)]
+    results = await asyncio.gather(
+        *(queue.enqueue([_row(f"new{i}")], key[i], 1000 + i) for i in range(n)),
+        queue.delete([f"old{i}" for i in range(n)]),
+        # every key again, in the same batch: each a duplicate of its first use
+        *(queue.enqueue([_row(f"dup{i}")], key[i], 5) for i in range(n)),
+    )
+    await queue.close()
+    assert results[:n] == [1000 + i for i in range(n)]
+    assert results[n + 1 :] == [1000 + i for i in range(n)]
+    async with engine.connect() as conn:
+        stored = {r.guid: r.id for r in await conn.execute(select(messages))}
+    assert set(stored) == {f"new{i}" for i in range(n)}
+    assert {m.guid: m.id for m in handed if m.guid.startswith("new")} == stored
     await engine.dispose()
