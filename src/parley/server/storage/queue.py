@@ -16,8 +16,10 @@ commit instead of one per statement. Measured under load (2 cores, 200
 messages and 200 deletes per commit): the async engine path took 50-85 ms per
 commit, most of it waiting for event-loop turns between statements, against
 about 7 ms for the same work in one call, of which SQLite's fsync is about
-1.3 ms. PostgreSQL keeps the async engine (asyncpg, no threads). Both paths
-run the same statements and the same idempotency rule (``_accept``).
+1.3 ms. There, storing the keys is also their lookup (``INSERT OR IGNORE ...
+RETURNING``), and the message ids come back from the insert (``RETURNING``):
+each statement covers up to 500 rows. PostgreSQL keeps the async engine
+(asyncpg, no threads). Both paths apply the same idempotency rule (``_accept``).
 
 Idempotency: an enqueue may carry a key (HMAC of sender, device and client
 message id). A key already present makes the whole enqueue a duplicate:
@@ -34,7 +36,7 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from sqlalchemy import delete, insert, select
@@ -121,6 +123,9 @@ _COLUMNS = itemgetter(*_FIELD_NAMES, "expires_ms")
 
 def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
     return QueuedMessage(id_, *_FIELDS(r))
+
+
+_BY_ID = attrgetter("id")
 
 
 def _accept(
@@ -215,49 +220,49 @@ class _SqliteWriter:
         if synchronous != self._synchronous:
             conn.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous
-        # One statement per kind and chunk, never one per row: sqlite3 lets go of
-        # the GIL around every statement it steps, and under load the event loop
-        # holds it, so each release costs this thread a wait for the loop's next
-        # turn (a commit of 250 messages took 23 ms that way, mostly waiting).
+        # Few statements, each for a whole chunk of rows: sqlite3 lets go of the GIL
+        # around every statement it steps, and under load the event loop holds it,
+        # so each statement costs this thread a wait for the GIL (per-row
+        # ``executemany`` made a commit of 250 messages take 23 ms, mostly waiting).
         conn.execute("BEGIN IMMEDIATE")
         try:
+            first_use: dict[bytes, int] = {}
+            for op in enqueues:
+                if op.key is not None:
+                    first_use.setdefault(op.key, op.server_ms)
+            # Storing a key is also its lookup: what the insert ignores was stored
+            # by an earlier batch, and only those need their first time read.
+            stored: set[bytes] = set()
+            for chunk in _chunks(list(first_use.items())):
+                stored.update(
+                    bytes(k)
+                    for (k,) in conn.execute(
+                        "INSERT OR IGNORE INTO sent_keys (key, server_ms) VALUES "  # noqa: S608 - placeholders
+                        + _marks(len(chunk), 2)
+                        + " RETURNING key",
+                        [v for item in chunk for v in item],
+                    )
+                )
             seen: dict[bytes, int] = {}
-            keys = [op.key for op in enqueues if op.key is not None]
-            for chunk in _chunks(keys):
+            for chunk in _chunks([k for k in first_use if k not in stored]):
                 found = conn.execute(
                     "SELECT key, server_ms FROM sent_keys WHERE key IN "  # noqa: S608 - placeholders
                     + _marks(1, len(chunk)),
                     chunk,
                 )
                 seen.update((bytes(k), ms) for k, ms in found)
-            accepted, new_keys, again = _accept(enqueues, seen)
-            for chunk in _chunks(new_keys):
-                conn.execute(
-                    "INSERT INTO sent_keys (key, server_ms) VALUES "  # noqa: S608 - placeholders
-                    + _marks(len(chunk), 2),
-                    [v for k in chunk for v in (k["key"], k["server_ms"])],
-                )
+            accepted, _new_keys, again = _accept(enqueues, seen)  # _new_keys: stored above
             rows = [row for op in accepted for row in op.rows]
-            committed: list[QueuedMessage] = []
-            if rows:
-                for chunk in _chunks(rows):
-                    conn.execute(
-                        _INSERT + _marks(len(chunk), 10),
+            ids: dict[str, int] = {}
+            for chunk in _chunks(rows):
+                ids.update(
+                    (guid, id_)
+                    for id_, guid in conn.execute(
+                        _INSERT + _marks(len(chunk), 10) + " RETURNING id, guid",
                         [v for r in chunk for v in _COLUMNS(r)],
                     )
-                # Inside one write transaction an AUTOINCREMENT table hands out
-                # consecutive ids in insert order, across statements too; the ends
-                # are checked all the same.
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                first = last - len(rows) + 1
-                ends = dict(
-                    conn.execute(
-                        "SELECT id, guid FROM messages WHERE id IN (?, ?)", (first, last)
-                    ).fetchall()
                 )
-                if ends.get(first) != rows[0]["guid"] or ends.get(last) != rows[-1]["guid"]:
-                    raise RuntimeError("inserted ids are not consecutive")
-                committed = [_queued(first + i, r) for i, r in enumerate(rows)]
+            committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=_BY_ID)
             for chunk in _chunks(guids):
                 conn.execute(
                     "DELETE FROM messages WHERE guid IN " + _marks(1, len(chunk)),  # noqa: S608 - placeholders
