@@ -94,3 +94,32 @@ async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
     assert set(stored) == {f"new{i}" for i in range(n)}
     assert {m.guid: m.id for m in handed if m.guid.startswith("new")} == stored
     await engine.dispose()
+
+
+async def test_commits_are_handed_on_in_order_and_answered_only_after(tmp_path: Path) -> None:
+    """The writer thread runs commit after commit; the loop still hands each on in
+    commit order, and a sender hears back only once its rows were handed on."""
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+    await db.migrate(engine)
+    handed: list[QueuedMessage] = []
+
+    async def on_commit(rows: list[QueuedMessage], _devices: list[tuple[str, int]]) -> None:
+        await asyncio.sleep(0.002)  # slower than a commit: outcomes queue up behind it
+        handed.extend(rows)
+
+    queue = MessageQueue(engine, on_commit)
+    queue.start()
+    answered_before_handed: list[str] = []
+
+    async def send(i: int) -> None:
+        await asyncio.sleep(i % 7 * 0.001)  # spread over several commits
+        await queue.enqueue([_row(f"m{i}")], None, i)
+        if f"m{i}" not in {m.guid for m in handed}:
+            answered_before_handed.append(f"m{i}")
+
+    await asyncio.gather(*(send(i) for i in range(300)))
+    await queue.close()
+    assert not answered_before_handed
+    assert len(handed) == 300
+    assert [m.id for m in handed] == sorted(m.id for m in handed)
+    await engine.dispose()
