@@ -5,10 +5,13 @@ deletes commit with the batch they came in."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.storage import db
 from parley.server.storage.queue import _CHUNK, MessageQueue, QueuedMessage
@@ -30,18 +33,34 @@ def _row(guid: str, device: int = 1) -> dict[str, Any]:
     }
 
 
-async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothing(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
     await db.migrate(engine)
-    handed: list[QueuedMessage] = []
-    again: list[tuple[str, int]] = []
+    yield engine
+    await engine.dispose()
 
-    async def on_commit(rows: list[QueuedMessage], devices: list[tuple[str, int]]) -> None:
-        handed.extend(rows)
-        again.extend(devices)
 
+class Handed:
+    """``on_commit``: records what the queue hands on (after ``delay`` seconds)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.rows: list[QueuedMessage] = []
+        self.again: list[tuple[str, int]] = []
+        self.delay = delay
+
+    async def __call__(self, rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.rows.extend(rows)
+        self.again.extend(again)
+
+
+async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothing(
+    engine: AsyncEngine,
+) -> None:
+    on_commit = Handed()
+    handed, again = on_commit.rows, on_commit.again
     queue = MessageQueue(engine, on_commit)
     queue.start()
     first = await queue.enqueue([_row("g0")], b"k" * 32, 100)
@@ -54,27 +73,21 @@ async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothi
         queue.delete(["g0"]),
     )
     await queue.close()
-    assert first == 100 and results[:3] == [200, 300, 100]
+    assert first == 100 and list(results[:3]) == [200, 300, 100]
     async with engine.connect() as conn:
         stored = {r.guid: r.id for r in await conn.execute(select(messages))}
     assert set(stored) == {"g1", "g2", "g3"}  # g0 deleted, g9 a duplicate
     assert {m.guid: m.id for m in handed if m.guid != "g0"} == stored
     assert [m.id for m in handed] == sorted(m.id for m in handed)
     assert ("bob", 1) in again
-    await engine.dispose()
 
 
 async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
-    tmp_path: Path,
+    engine: AsyncEngine,
 ) -> None:
     """More rows, keys and deletes than one multi-row statement carries (``_CHUNK``)."""
-    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
-    await db.migrate(engine)
-    handed: list[QueuedMessage] = []
-
-    async def on_commit(rows: list[QueuedMessage], _devices: list[tuple[str, int]]) -> None:
-        handed.extend(rows)
-
+    on_commit = Handed()
+    handed = on_commit.rows
     queue = MessageQueue(engine, on_commit)
     queue.start()
     n = 2 * _CHUNK + 7
@@ -93,20 +106,15 @@ async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
         stored = {r.guid: r.id for r in await conn.execute(select(messages))}
     assert set(stored) == {f"new{i}" for i in range(n)}
     assert {m.guid: m.id for m in handed if m.guid.startswith("new")} == stored
-    await engine.dispose()
 
 
-async def test_commits_are_handed_on_in_order_and_answered_only_after(tmp_path: Path) -> None:
+async def test_commits_are_handed_on_in_order_and_answered_only_after(
+    engine: AsyncEngine,
+) -> None:
     """The writer thread runs commit after commit; the loop still hands each on in
     commit order, and a sender hears back only once its rows were handed on."""
-    engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
-    await db.migrate(engine)
-    handed: list[QueuedMessage] = []
-
-    async def on_commit(rows: list[QueuedMessage], _devices: list[tuple[str, int]]) -> None:
-        await asyncio.sleep(0.002)  # slower than a commit: outcomes queue up behind it
-        handed.extend(rows)
-
+    on_commit = Handed(delay=0.002)  # slower than a commit: outcomes queue up behind it
+    handed = on_commit.rows
     queue = MessageQueue(engine, on_commit)
     queue.start()
     answered_before_handed: list[str] = []
@@ -122,4 +130,3 @@ async def test_commits_are_handed_on_in_order_and_answered_only_after(tmp_path: 
     assert not answered_before_handed
     assert len(handed) == 300
     assert [m.id for m in handed] == sorted(m.id for m in handed)
-    await engine.dispose()
