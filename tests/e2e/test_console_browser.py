@@ -115,13 +115,25 @@ class Browser:
         return list(self.driver.find_elements(By.CSS_SELECTOR, selector))
 
     def follow(self, selector: str) -> None:
-        """Click something that loads a page, and wait until the new page replaced this one."""
-        from selenium.webdriver.support.expected_conditions import staleness_of
+        """Click something that loads a page, and wait until the new page replaced this one.
+
+        The old page is marked with a window property and the wait is for a loaded
+        document without it. Selenium's ``staleness_of`` is not used: while a page is
+        being swapped, chromedriver can answer a query about the old element with
+        "Node with given id does not belong to the document" (an unknown error, not
+        a stale-element one), and that failed a CI run. Errors during the swap are
+        retried here until the deadline.
+        """
+        from selenium.common.exceptions import WebDriverException
         from selenium.webdriver.support.wait import WebDriverWait
 
-        old = self.css("html")
+        self.driver.execute_script("window.__parleyOldPage = true")
         self.css(selector).click()
-        WebDriverWait(self.driver, 15).until(staleness_of(old))
+        WebDriverWait(self.driver, 15, ignored_exceptions=(WebDriverException,)).until(
+            lambda d: d.execute_script(
+                "return window.__parleyOldPage === undefined && document.readyState === 'complete'"
+            )
+        )
 
     def text(self) -> str:
         return str(self.css("body").text)
