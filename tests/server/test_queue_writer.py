@@ -5,17 +5,23 @@ deletes commit with the batch they came in."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.storage import db
-from parley.server.storage.queue import _CHUNK, MessageQueue, QueuedMessage
-from parley.server.storage.tables import messages
+from parley.server.storage.queue import MessageQueue, QueuedMessage
+from parley.server.storage.sqlite_writer import CHUNK, WalPolicy, WriterGone
+from parley.server.storage.tables import messages, sent_keys
 
 
 def _row(guid: str, device: int = 1) -> dict[str, Any]:
@@ -85,12 +91,12 @@ async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothi
 async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
     engine: AsyncEngine,
 ) -> None:
-    """More rows, keys and deletes than one multi-row statement carries (``_CHUNK``)."""
+    """More rows, keys and deletes than one multi-row statement carries (``CHUNK``)."""
     on_commit = Handed()
     handed = on_commit.rows
     queue = MessageQueue(engine, on_commit)
     queue.start()
-    n = 2 * _CHUNK + 7
+    n = 2 * CHUNK + 7
     await asyncio.gather(*(queue.enqueue([_row(f"old{i}")], None, 1) for i in range(n)))
     key = [i.to_bytes(32, "big") for i in range(n)]
     results = await asyncio.gather(
@@ -130,3 +136,65 @@ async def test_commits_are_handed_on_in_order_and_answered_only_after(
     assert not answered_before_handed
     assert len(handed) == 300
     assert [m.id for m in handed] == sorted(m.id for m in handed)
+
+
+def _wal_bytes(engine: AsyncEngine) -> int:
+    return Path(f"{engine.url.database}-wal").stat().st_size
+
+
+async def test_the_writer_checkpoints_so_the_wal_starts_over(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Asked to (here after every checkpoint-thread pass), the writer finishes the
+    checkpoint between its own commits and the WAL is written again from its start:
+    3 commits' worth here. Without that, the checkpoint thread alone races the
+    commits and the WAL grows by each (mutation: 18 commits' worth). Writes made
+    elsewhere while the queue is idle reach the database file too."""
+    queue = MessageQueue(engine, Handed(), wal=WalPolicy(checkpoint_s=0.01, restart_frames=1))
+    queue.start()
+    big = {"envelope": b"e" * 2000}
+    await queue.enqueue([{**_row(f"first{j}"), **big} for j in range(20)], None, 1)
+    one_commit = _wal_bytes(engine)
+    for i in range(80):  # back to back: the checkpoint thread alone never catches up
+        await queue.enqueue([{**_row(f"g{i}-{j}"), **big} for j in range(20)], None, 1)
+    assert _wal_bytes(engine) < 8 * one_commit
+    # Idle queue: another store's commits reach the database file all the same
+    # (read here from a copy of that file alone, without its WAL).
+    for i in range(40):
+        async with engine.begin() as conn:
+            await conn.execute(insert(sent_keys), [{"key": i.to_bytes(32, "big"), "server_ms": 1}])
+    await asyncio.sleep(0.1)
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(str(engine.url.database), copy)
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        assert conn.execute("SELECT count(*) FROM sent_keys").fetchone() == (40,)
+    await queue.close()
+
+
+async def test_a_killed_writer_fails_what_it_had_not_answered_and_is_started_again(
+    engine: AsyncEngine,
+) -> None:
+    """The writer process killed with an enqueue in its hands: that sender gets an
+    error (never an acknowledgement), and the next enqueue, a second later, starts a
+    new writer and is stored; nothing else is lost."""
+    queue = MessageQueue(engine, Handed())
+    queue.start()
+    writer = queue._sqlite
+    assert writer is not None
+    await queue.enqueue([_row("before")], None, 1)
+    pid = writer._process.pid
+    os.kill(pid, signal.SIGSTOP)  # holds the next enqueue unanswered
+    pending = asyncio.ensure_future(queue.enqueue([_row("lost")], b"x" * 32, 2))
+    await asyncio.sleep(0.2)
+    assert not pending.done()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WriterGone):
+        await asyncio.wait_for(pending, 10)
+    await asyncio.sleep(1.0)
+    # The re-send of the failed one (same key) is stored once, by a new writer.
+    assert await queue.enqueue([_row("lost-again")], b"x" * 32, 3) in (2, 3)
+    assert writer._process.pid != pid
+    await queue.close()
+    async with engine.connect() as conn:
+        guids = {r.guid for r in await conn.execute(select(messages))}
+    assert "before" in guids and len(guids & {"lost", "lost-again"}) == 1

@@ -341,7 +341,6 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
             lambda now: groups_store.prune_departures(now - MEMBERSHIP_RETENTION_MS),
         ]
         tasks.append(asyncio.create_task(_maintain(config, lease, queue, singleton, connections)))
-        tasks.append(asyncio.create_task(db.checkpoint_loop(engine)))
         # With signals, standing changes are pushed; the poll stays as a safety net
         # for changes made by parley-admin straight in the database.
         tasks.append(

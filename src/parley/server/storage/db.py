@@ -8,8 +8,6 @@ and upgraded only by the Alembic migrations in ``migrations/``.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +25,11 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
-    # No checkpoint inside a commit (it would stall the queue writer with
-    # fsyncs); ``checkpoint_loop`` checkpoints from its own connection.
+    # No checkpoint inside a commit (it would stall a commit with fsyncs): the
+    # queue's writer thread checkpoints between its commits (``storage/queue.py``).
     "PRAGMA wal_autocheckpoint=0",
+    # A WAL that started over is cut back to 64 MiB, so a burst leaves no huge file.
+    "PRAGMA journal_size_limit=67108864",
 )
 
 
@@ -85,20 +85,3 @@ async def migrate(engine: AsyncEngine) -> None:
         if conn.dialect.name == "postgresql":
             await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         await conn.run_sync(_upgrade)
-
-
-CHECKPOINT_INTERVAL_S = 1.0
-
-
-async def checkpoint_loop(engine: AsyncEngine) -> None:
-    """SQLite only: fold the WAL into the database once a second (PASSIVE: never
-    blocks writers), so that commits never pay for a checkpoint."""
-    if not is_sqlite(engine):
-        return
-    while True:
-        await asyncio.sleep(CHECKPOINT_INTERVAL_S)
-        try:
-            async with engine.connect() as conn:
-                await conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        except Exception as exc:
-            logging.getLogger(__name__).warning("checkpoint failed: %s", type(exc).__name__)

@@ -1,6 +1,6 @@
 """The durable message queue, with group commit.
 
-Theory of operation. One writer task owns all queue writes. Handlers submit
+Theory of operation. One writer owns all queue writes. Handlers submit
 operations (enqueue a set of rows, or delete acknowledged ones) and await a
 future. The writer takes everything that has arrived, runs it in one
 transaction (a few statements per batch, not per message), commits, hands
@@ -10,18 +10,16 @@ A message is therefore acknowledged to its sender only after it is on disk,
 and after its recipients' nodes were told, at thousands per second
 (DESIGN-NOTES: group commit).
 
-On SQLite a writer thread owns its own ``sqlite3`` connection (same pragmas as
-the engine's) and runs each batch as one call, in a few statements of up to 500
-rows each: storing the keys is also their lookup (``INSERT OR IGNORE ...
-RETURNING``), and the ids come back from the insert. The thread takes the next
-batch as soon as a commit is on disk; the event loop hands each outcome on
-(``on_commit``, then the futures) in commit order. Measured under load (2 cores,
-about 240 messages per commit): through the async engine, with an event-loop
-turn per statement, a commit took 50-85 ms; in one call with a statement per
-row, 23 ms; with a statement per chunk, 15 ms. Starting each commit from the
-loop left the database idle about 10 ms between commits. PostgreSQL keeps the
-async engine (asyncpg, no threads). Both paths apply the same idempotency rule
-(``_accept``).
+On SQLite the transactions run in a writer process of their own
+(``sqlite_writer.py``, which says why and how): the event loop sends each turn's
+operations down a pipe, the process commits everything that has arrived in a few
+statements of up to 500 rows each, and answers with the stored ids; the loop hands
+each outcome on (``on_commit``, then the futures) in commit order. Measured under
+load (2 cores, about 240 messages per commit): through the async engine, with an
+event-loop turn per statement, a commit took 50-85 ms; in one call on a thread, with
+a statement per row, 23 ms; with a statement per chunk, 15 ms; the same transaction
+costs 6 ms of SQLite alone. PostgreSQL keeps the async engine (asyncpg, no threads).
+Both apply the same idempotency rule (``sqlite_writer.first_uses``).
 
 Idempotency: an enqueue may carry a key (HMAC of sender, device and client
 message id). A key already present makes the whole enqueue a duplicate:
@@ -34,22 +32,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
-import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
-from queue import Empty, SimpleQueue
 from typing import Any
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.storage.db import SQLITE_PRAGMAS, is_sqlite
+from parley.server.storage.sqlite_writer import (
+    COLUMNS,
+    DEFAULT_WAL,
+    MAX_BATCH,
+    Device,
+    Reply,
+    Result,
+    WalPolicy,
+    WriterProcess,
+    first_uses,
+)
 from parley.server.storage.tables import messages, sent_keys
 
 log = logging.getLogger(__name__)
-MAX_BATCH = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,223 +109,39 @@ def _to_message(row: Any) -> QueuedMessage:
     )
 
 
-Device = tuple[str, int]
+OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
+Op = _Enqueue | _Delete
+# A batch's outcome: its rows and the devices to signal again, or the error.
+Outcome = tuple[list[QueuedMessage], list[Device]] | Exception
 
-
-# A queued row's fields in ``QueuedMessage`` order (after its id), then its expiry:
-# the order of ``_INSERT``'s columns too.
-_FIELD_NAMES = (
-    "guid",
-    "account_id",
-    "device_id",
-    "sender_account",
-    "sender_device",
-    "group_id",
-    "envelope",
-    "franking_tag",
-    "server_ms",
-)
-_FIELDS = itemgetter(*_FIELD_NAMES)
-_COLUMNS = itemgetter(*_FIELD_NAMES, "expires_ms")
-
-
-def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
-    return QueuedMessage(id_, *_FIELDS(r))
-
-
+_COLUMNS = itemgetter(*COLUMNS)
 _BY_ID = attrgetter("id")
 
 
-def _accept(
-    enqueues: list[_Enqueue], seen: dict[bytes, int]
-) -> tuple[list[_Enqueue], list[dict[str, Any]], list[Device]]:
-    """The idempotency rule: an enqueue whose key is stored (or came earlier in this
-    batch) is a duplicate. Returns the accepted ones, the keys to store, and the
-    duplicates' recipients (signalled again: the first attempt may have committed on
-    a node that died before telling anyone)."""
-    accepted: list[_Enqueue] = []
-    new_keys: list[dict[str, Any]] = []
-    again: dict[Device, None] = {}
-    for op in enqueues:
-        if op.key is None:
-            accepted.append(op)
-        elif op.key in seen:
-            op.server_ms = seen[op.key]
-            again.update(((r["account_id"], r["device_id"]), None) for r in op.rows)
+def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
+    return QueuedMessage(id_, *_COLUMNS(r)[:-1])  # all but the expiry
+
+
+def _outcome(enqueues: list[_Enqueue], results: list[Result], again: list[Device]) -> Outcome:
+    """Rows in id order, and each repeat's first server time set on its operation."""
+    committed: list[QueuedMessage] = []
+    for op, result in zip(enqueues, results, strict=True):
+        if isinstance(result, int):
+            op.server_ms = result
         else:
-            seen[op.key] = op.server_ms
-            new_keys.append({"key": op.key, "server_ms": op.server_ms})
-            accepted.append(op)
-    return accepted, new_keys, list(again)
-
-
-OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
-
-_INSERT = (
-    "INSERT INTO messages (guid, account_id, device_id, sender_account, sender_device,"
-    " group_id, envelope, franking_tag, server_ms, expires_ms) VALUES "
-)
-# Rows per statement: 10 parameters each, well under SQLite's 32,766.
-_CHUNK = 500
-
-
-def _chunks(items: list[Any]) -> list[list[Any]]:
-    return [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-
-
-def _marks(groups: int, width: int) -> str:
-    """``groups`` parenthesised groups of ``width`` placeholders: the only text these
-    statements are built from is ``?``, commas and parentheses."""
-    group = "(" + ", ".join("?" * width) + ")"
-    return ", ".join([group] * groups)
-
-
-Op = _Enqueue | _Delete
-# What the writer thread hands back for a batch: its rows and devices, or the error.
-Outcome = tuple[list[QueuedMessage], list[Device]] | Exception
-
-
-class _SqliteWriter:
-    """The queue's transactions on SQLite, run commit after commit on one thread that
-    owns its connection (see the module docstring). The thread takes the next batch
-    as soon as one is on disk, without a turn of the event loop in between; the loop
-    only hands each outcome on, in commit order."""
-
-    def __init__(self, path: str, done: Callable[[list[Op], Outcome], None]) -> None:
-        self._path = path
-        self._done = done
-        self._ops: SimpleQueue[Op | None] = SimpleQueue()  # None: finish and stop
-        self._thread = threading.Thread(target=self._run, name="queue-writer", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._synchronous = "FULL"  # as SQLITE_PRAGMAS sets it
-
-    def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread.start()
-
-    def submit(self, op: Op) -> None:
-        self._ops.put(op)
-
-    async def close(self) -> None:
-        """Commit everything submitted so far, then stop the thread."""
-        self._ops.put(None)
-        if self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join)
-
-    def _run(self) -> None:
-        assert self._loop is not None
-        try:
-            stop = False
-            while not stop:
-                batch: list[Op] = []
-                first = self._ops.get()
-                stop = first is None
-                if first is not None:
-                    batch.append(first)
-                while not stop and len(batch) < MAX_BATCH:
-                    try:
-                        op = self._ops.get_nowait()
-                    except Empty:
-                        break
-                    stop = op is None
-                    if op is not None:
-                        batch.append(op)
-                if batch:
-                    outcome: Outcome
-                    try:
-                        outcome = self._commit(
-                            [op for op in batch if isinstance(op, _Enqueue)],
-                            [g for op in batch if isinstance(op, _Delete) for g in op.guids],
-                        )
-                    except Exception as exc:
-                        outcome = exc
-                    self._loop.call_soon_threadsafe(self._done, batch, outcome)
-        finally:
-            self._close()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-            for pragma in SQLITE_PRAGMAS:
-                conn.execute(pragma)
-            self._conn = conn
-        return self._conn
-
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def _commit(
-        self, enqueues: list[_Enqueue], guids: list[str]
-    ) -> tuple[list[QueuedMessage], list[Device]]:
-        conn = self._connect()
-        # A batch of deletes alone is not fsynced: the next commit that stores a
-        # message fsyncs the WAL, and with it every commit before it. A crash in
-        # between only brings acknowledged messages back, which the client drops by
-        # id (as with ``delete_soon``); a stored message is always synced before
-        # its sender's answer.
-        synchronous = "FULL" if enqueues else "NORMAL"
-        if synchronous != self._synchronous:
-            conn.execute(f"PRAGMA synchronous={synchronous}")
-            self._synchronous = synchronous
-        # Few statements, each for a chunk of rows: sqlite3 lets go of the GIL around
-        # every statement, and under load each costs this thread a wait to get it back.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            first_use: dict[bytes, int] = {}
-            for op in enqueues:
-                if op.key is not None:
-                    first_use.setdefault(op.key, op.server_ms)
-            # Storing a key is also its lookup: what the insert ignores was stored
-            # by an earlier batch, and only those need their first time read.
-            stored: set[bytes] = set()
-            for chunk in _chunks(list(first_use.items())):
-                stored.update(
-                    bytes(k)
-                    for (k,) in conn.execute(
-                        "INSERT OR IGNORE INTO sent_keys (key, server_ms) VALUES "  # noqa: S608 - placeholders
-                        + _marks(len(chunk), 2)
-                        + " RETURNING key",
-                        [v for item in chunk for v in item],
-                    )
-                )
-            seen: dict[bytes, int] = {}
-            for chunk in _chunks([k for k in first_use if k not in stored]):
-                found = conn.execute(
-                    "SELECT key, server_ms FROM sent_keys WHERE key IN "  # noqa: S608 - placeholders
-                    + _marks(1, len(chunk)),
-                    chunk,
-                )
-                seen.update((bytes(k), ms) for k, ms in found)
-            accepted, _new_keys, again = _accept(enqueues, seen)  # _new_keys: stored above
-            rows = [row for op in accepted for row in op.rows]
-            ids: dict[str, int] = {}
-            for chunk in _chunks(rows):
-                ids.update(
-                    (guid, id_)
-                    for id_, guid in conn.execute(
-                        _INSERT + _marks(len(chunk), 10) + " RETURNING id, guid",
-                        [v for r in chunk for v in _COLUMNS(r)],
-                    )
-                )
-            committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=_BY_ID)
-            for chunk in _chunks(guids):
-                conn.execute(
-                    "DELETE FROM messages WHERE guid IN " + _marks(1, len(chunk)),  # noqa: S608 - placeholders
-                    chunk,
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        return committed, again
+            committed.extend(_queued(id_, r) for id_, r in zip(result, op.rows, strict=True))
+    committed.sort(key=_BY_ID)
+    return committed, again
 
 
 class MessageQueue:
-    def __init__(self, engine: AsyncEngine, on_commit: OnCommit) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        on_commit: OnCommit,
+        wal: WalPolicy = DEFAULT_WAL,
+    ) -> None:
+        """``wal``: SQLite only, how the writer process keeps the WAL short."""
         self._engine = engine
         self._on_commit = on_commit
         self._ops: list[Op] = []
@@ -330,10 +151,12 @@ class MessageQueue:
         # Acknowledged but not yet committed as deleted: never handed out again,
         # even to a reconnecting device, while their delete is in flight.
         self._deleting: set[str] = set()
-        # SQLite: outcomes from the writer thread, handed on in commit order.
+        # SQLite: outcomes from the writer process, handed on in commit order.
         self._outcomes: asyncio.Queue[tuple[list[Op], Outcome] | None] = asyncio.Queue()
         self._sqlite = (
-            _SqliteWriter(str(engine.url.database), self._outcome) if is_sqlite(engine) else None
+            WriterProcess(str(engine.url.database), SQLITE_PRAGMAS, self._replied, wal)
+            if is_sqlite(engine)
+            else None
         )
 
     def start(self) -> None:
@@ -383,12 +206,23 @@ class MessageQueue:
 
     def _submit(self, op: Op) -> None:
         if self._sqlite is not None:
-            self._sqlite.submit(op)
+            if isinstance(op, _Enqueue):
+                self._sqlite.submit(op, ([_COLUMNS(r) for r in op.rows], op.key, op.server_ms))
+            else:
+                self._sqlite.submit(op, op.guids)
         else:
             self._ops.append(op)
             self._wakeup.set()
 
-    def _outcome(self, batch: list[Op], outcome: Outcome) -> None:
+    def _replied(self, batch: list[Op], reply: Reply | Exception) -> None:
+        outcome: Outcome
+        if isinstance(reply, Exception):
+            outcome = reply
+        elif isinstance(reply, str):
+            outcome = RuntimeError(f"queue commit failed in the writer process: {reply}")
+        else:
+            enqueues = [op for op in batch if isinstance(op, _Enqueue)]
+            outcome = _outcome(enqueues, *reply)
         self._outcomes.put_nowait((batch, outcome))
 
     async def _hand_on(self) -> None:
@@ -437,13 +271,23 @@ class MessageQueue:
         guids = [g for op in batch if isinstance(op, _Delete) for g in op.guids]
         async with self._engine.begin() as conn:
             keyed = [op.key for op in enqueues if op.key is not None]
-            seen: dict[bytes, int] = {}
+            stored: dict[bytes, int] = {}
             if keyed:
                 found = await conn.execute(
                     select(sent_keys.c.key, sent_keys.c.server_ms).where(sent_keys.c.key.in_(keyed))
                 )
-                seen = {bytes(r.key): r.server_ms for r in found}
-            accepted, new_keys, again = _accept(enqueues, seen)
+                stored = {bytes(r.key): r.server_ms for r in found}
+            known = set(stored)
+            repeats = first_uses([(op.key, op.server_ms) for op in enqueues], stored)
+            accepted: list[_Enqueue] = []
+            again: dict[Device, None] = {}
+            for op, first in zip(enqueues, repeats, strict=True):
+                if first is None:
+                    accepted.append(op)
+                else:
+                    op.server_ms = first
+                    again.update(((r["account_id"], r["device_id"]), None) for r in op.rows)
+            new_keys = [{"key": k, "server_ms": ms} for k, ms in stored.items() if k not in known]
             if new_keys:
                 await conn.execute(insert(sent_keys), new_keys)
             rows = [row for op in accepted for row in op.rows]
@@ -456,10 +300,10 @@ class MessageQueue:
                     insert(messages).returning(messages.c.id, messages.c.guid), rows
                 )
                 ids = {r.guid: r.id for r in result}
-                committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=lambda m: m.id)
+                committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=_BY_ID)
             if guids:
                 await conn.execute(delete(messages).where(messages.c.guid.in_(guids)))
-        return committed, again
+        return committed, list(again)
 
     # -- reads and maintenance (outside the writer: WAL readers do not block it) ------
 
