@@ -49,6 +49,7 @@ from parley.server.storage.sqlite_writer import (
     Reply,
     Result,
     WalPolicy,
+    WriterGone,
     WriterProcess,
     first_uses,
 )
@@ -206,10 +207,15 @@ class MessageQueue:
 
     def _submit(self, op: Op) -> None:
         if self._sqlite is not None:
-            if isinstance(op, _Enqueue):
-                self._sqlite.submit(op, ([_COLUMNS(r) for r in op.rows], op.key, op.server_ms))
-            else:
-                self._sqlite.submit(op, op.guids)
+            # A writer that is gone fails the operation's future, never its caller:
+            # an ack handled during shutdown must not raise in the frame handler.
+            try:
+                if isinstance(op, _Enqueue):
+                    self._sqlite.submit(op, ([_COLUMNS(r) for r in op.rows], op.key, op.server_ms))
+                else:
+                    self._sqlite.submit(op, op.guids)
+            except WriterGone as exc:
+                op.future.set_exception(exc)
         else:
             self._ops.append(op)
             self._wakeup.set()

@@ -69,7 +69,8 @@ COLUMNS = (
 _INSERT = "INSERT INTO messages (" + ", ".join(COLUMNS) + ") VALUES "  # noqa: S608 - names above
 # Rows per statement: 10 parameters each, well under SQLite's 32,766.
 CHUNK = 500
-# Operations per transaction at most (a burst is split over several).
+# A transaction takes in more of what has arrived while it holds fewer operations
+# than this (the PostgreSQL writer takes at most this many), so a burst spans several.
 MAX_BATCH = 2000
 PIPE_BYTES = 1 << 20  # Linux's default limit for an unprivileged pipe
 RESTART_AFTER_S = 1.0  # a writer that ended is started again at most this often
