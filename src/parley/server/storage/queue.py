@@ -45,7 +45,6 @@ from parley.server.storage.sqlite_writer import (
     COLUMNS,
     DEFAULT_WAL,
     MAX_BATCH,
-    Device,
     Reply,
     Result,
     WalPolicy,
@@ -110,6 +109,7 @@ def _to_message(row: Any) -> QueuedMessage:
     )
 
 
+Device = tuple[str, int]
 OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
 Op = _Enqueue | _Delete
 # A batch's outcome: its rows and the devices to signal again, or the error.
@@ -123,16 +123,22 @@ def _queued(id_: int, r: dict[str, Any]) -> QueuedMessage:
     return QueuedMessage(id_, *_COLUMNS(r)[:-1])  # all but the expiry
 
 
-def _outcome(enqueues: list[_Enqueue], results: list[Result], again: list[Device]) -> Outcome:
-    """Rows in id order, and each repeat's first server time set on its operation."""
+def _outcome(enqueues: list[_Enqueue], results: list[Result]) -> Outcome:
+    """What either backend's transaction decided, per enqueue (its rows' ids, or a
+    repeat's first server time), made into what is handed on: the rows in id order,
+    and the recipients of each repeat, to be signalled again (the first attempt may
+    have committed on a node that died before telling anyone). A repeat's operation
+    takes its first server time."""
     committed: list[QueuedMessage] = []
+    again: dict[Device, None] = {}
     for op, result in zip(enqueues, results, strict=True):
         if isinstance(result, int):
             op.server_ms = result
+            again.update(((r["account_id"], r["device_id"]), None) for r in op.rows)
         else:
             committed.extend(_queued(id_, r) for id_, r in zip(result, op.rows, strict=True))
     committed.sort(key=_BY_ID)
-    return committed, again
+    return committed, list(again)
 
 
 class MessageQueue:
@@ -227,8 +233,7 @@ class MessageQueue:
         elif isinstance(reply, str):
             outcome = RuntimeError(f"queue commit failed in the writer process: {reply}")
         else:
-            enqueues = [op for op in batch if isinstance(op, _Enqueue)]
-            outcome = _outcome(enqueues, *reply)
+            outcome = _outcome([op for op in batch if isinstance(op, _Enqueue)], reply)
         self._outcomes.put_nowait((batch, outcome))
 
     async def _hand_on(self) -> None:
@@ -243,7 +248,9 @@ class MessageQueue:
                 batch, self._ops = self._ops[:MAX_BATCH], self._ops[MAX_BATCH:]
                 outcome: Outcome
                 try:
-                    outcome = await self._commit(batch)
+                    outcome = _outcome(
+                        [op for op in batch if isinstance(op, _Enqueue)], await self._commit(batch)
+                    )
                 except Exception as exc:
                     outcome = exc
                 await self._finish(batch, outcome)
@@ -268,9 +275,9 @@ class MessageQueue:
             if not op.future.done():
                 op.future.set_result(op.server_ms if isinstance(op, _Enqueue) else None)  # type: ignore[arg-type]
 
-    async def _commit(
-        self, batch: Sequence[_Enqueue | _Delete]
-    ) -> tuple[list[QueuedMessage], list[Device]]:
+    async def _commit(self, batch: Sequence[_Enqueue | _Delete]) -> list[Result]:
+        """PostgreSQL: the batch in one transaction; per enqueue, its rows' ids or a
+        repeat's first server time (as the SQLite writer process answers)."""
         enqueues = [op for op in batch if isinstance(op, _Enqueue)]
         # Sessions accept acks only for guids they pushed to that device, and
         # guids are random UUIDs, so deleting by guid touches only the owner's queue.
@@ -285,31 +292,26 @@ class MessageQueue:
                 stored = {bytes(r.key): r.server_ms for r in found}
             known = set(stored)
             repeats = first_uses([(op.key, op.server_ms) for op in enqueues], stored)
-            accepted: list[_Enqueue] = []
-            again: dict[Device, None] = {}
-            for op, first in zip(enqueues, repeats, strict=True):
-                if first is None:
-                    accepted.append(op)
-                else:
-                    op.server_ms = first
-                    again.update(((r["account_id"], r["device_id"]), None) for r in op.rows)
             new_keys = [{"key": k, "server_ms": ms} for k, ms in stored.items() if k not in known]
             if new_keys:
                 await conn.execute(insert(sent_keys), new_keys)
-            rows = [row for op in accepted for row in op.rows]
-            committed: list[QueuedMessage] = []
+            rows = [
+                r for op, rep in zip(enqueues, repeats, strict=True) if rep is None for r in op.rows
+            ]
+            ids: dict[str, int] = {}
             if rows:
                 # One multi-row INSERT per batch (insertmanyvalues): RETURNING without
-                # parameter order lets SQLAlchemy batch; ids are matched back by guid,
-                # and the rows handed on are put in id order.
+                # parameter order lets SQLAlchemy batch; ids are matched back by guid.
                 result = await conn.execute(
                     insert(messages).returning(messages.c.id, messages.c.guid), rows
                 )
                 ids = {r.guid: r.id for r in result}
-                committed = sorted((_queued(ids[r["guid"]], r) for r in rows), key=_BY_ID)
             if guids:
                 await conn.execute(delete(messages).where(messages.c.guid.in_(guids)))
-        return committed, list(again)
+        return [
+            [ids[r["guid"]] for r in op.rows] if rep is None else rep
+            for op, rep in zip(enqueues, repeats, strict=True)
+        ]
 
     # -- reads and maintenance (outside the writer: WAL readers do not block it) ------
 

@@ -51,8 +51,7 @@ Enqueue = tuple[list[Row], bytes | None, int]
 Delete = list[str]
 # Per enqueue: the ids of its rows (stored), or the first attempt's time (a repeat).
 Result = list[int] | int
-Device = tuple[str, int]
-Reply = tuple[list[Result], list[Device]] | str  # str: the error's type name
+Reply = list[Result] | str  # str: the error's type name
 
 COLUMNS = (
     "guid",
@@ -122,9 +121,7 @@ class Writer:
         self.conn = conn
         self._synchronous = "FULL"  # as the server's pragmas set it
 
-    def commit(
-        self, enqueues: list[Enqueue], guids: list[str]
-    ) -> tuple[list[Result], list[Device]]:
+    def commit(self, enqueues: list[Enqueue], guids: list[str]) -> list[Result]:
         conn = self.conn
         # A batch of deletes alone is not fsynced: the next commit that stores a
         # message fsyncs the WAL, and with it every commit before it. A crash in
@@ -188,15 +185,10 @@ class Writer:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        results: list[Result] = []
-        again: dict[Device, None] = {}
-        for (op_rows, _k, _ms), rep in zip(enqueues, repeats, strict=True):
-            if rep is None:
-                results.append([ids[r[0]] for r in op_rows])
-            else:
-                results.append(rep)
-                again.update(((r[1], r[2]), None) for r in op_rows)
-        return results, list(again)
+        return [
+            [ids[r[0]] for r in op_rows] if rep is None else rep
+            for (op_rows, _k, _ms), rep in zip(enqueues, repeats, strict=True)
+        ]
 
     def checkpoint(self) -> None:
         """Finish folding the WAL into the database, between two of this writer's
