@@ -20,6 +20,7 @@ import pytest
 from parley.client.api import ApiClient
 from parley.client.kt import check_served_keys
 from parley.client.messenger import Messenger
+from parley.client.state import KtView
 from tests.e2e.test_legal import order
 from tests.e2e.test_reports import add_staff
 
@@ -161,7 +162,7 @@ async def test_epochs_and_appends_from_three_nodes_make_one_log(
 
         # every account is in the directory, with proofs that check out on every
         # node, for one client view that moves between nodes (one log, never a fork)
-        view: dict[str, Any] = {}
+        view = KtView()
         for i, m in enumerate(users):
             node = cluster.nodes[i % len(cluster.nodes)]
             async with ApiClient(node.url) as api:

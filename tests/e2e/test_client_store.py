@@ -99,7 +99,7 @@ async def test_receive_killed_mid_queue_loses_nothing_and_shows_nothing_twice(
 
     async def send_all(s: Session) -> None:
         # one directory lookup, then one messenger (its key checks are cached)
-        account = (await sender._contact(s, bob))["account_id"]
+        account = (await sender._contact(s, bob)).account_id
         messenger = Messenger(s.api, s.device, before_send=lambda: sender._save(s))
         for i in range(total):
             await messenger.send_content(account, sender._content(s, f"queued {i}", id=f"q-{i}"))

@@ -17,6 +17,7 @@ from typing import Any
 
 from parley.client import rpc
 from parley.client.records import ChatSummary
+from parley.client.state import ProfileState
 from parley.errors import ParleyError
 
 # Commands a daemon does not run: they make, replace or wipe the profile it holds,
@@ -236,8 +237,8 @@ class Remote:
     async def mark_read(self, chat: str) -> int:
         return int(self.call("markRead", {"chat": chat})["unread"])
 
-    def local_state(self) -> dict[str, Any]:
-        return {}  # the daemon resolves names itself (group_id)
+    def local_state(self) -> ProfileState:
+        return ProfileState()  # the daemon resolves names itself (group_id)
 
-    def group_id(self, _state: dict[str, Any], ref: str) -> str:
+    def group_id(self, _state: ProfileState, ref: str) -> str:
         return str(self.call("chatId", {"chat": ref}))

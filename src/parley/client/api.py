@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from parley.client.state import KtView
 from parley.errors import ParleyError, ServerError, Unreachable
 from parley.protocol.keys import IdentityKeyPair, KemPreKey, OneTimePreKey, SignedPreKey
 
@@ -118,8 +119,8 @@ class ApiClient:
         self.on_retry = on_retry
         # The key-transparency view every verification through this client uses and
         # advances (pinned log key, last verified head...: ``client.kt``); the app
-        # points it at the profile's ``state["kt"]``, a library client keeps it in memory.
-        self.kt_view: dict[str, Any] = {}
+        # points it at the profile's ``state.kt``, a library client keeps it in memory.
+        self.kt_view = KtView()
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, verify=_tls_context(self.base_url)
         )

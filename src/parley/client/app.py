@@ -44,6 +44,7 @@ from parley.client.kt import (
 from parley.client.monitoring import _start_monitoring
 from parley.client.receiving import Receiving
 from parley.client.records import ChatSummary, Message
+from parley.client.state import Policy, ProfileState
 from parley.client.store import ProfileError
 from parley.crypto.primitives import aead_decrypt, aead_encrypt, hkdf
 from parley.errors import (
@@ -77,15 +78,15 @@ class App(Receiving):
         if force:
             return
         try:
-            state = self.profile.load()
+            state = ProfileState.from_records(self.profile.load())
         except ProfileError as exc:
             raise ClientError(
                 f"a Parley profile already exists in {self.profile.dir} and was left untouched; "
                 "use another --profile, or add --force to set it aside (renamed, never deleted)"
             ) from exc
-        if "device" in state:
+        if state.registered:
             raise ClientError(
-                f"{self.profile.dir} already holds the registered profile of {state.get('phone')}; "
+                f"{self.profile.dir} already holds the registered profile of {state.phone}; "
                 "it was left untouched. Use another --profile, or add --force to set it aside "
                 "(renamed, never deleted)"
             )
@@ -105,7 +106,7 @@ class App(Receiving):
             await api.close()
         self._set_aside(force)
         async with self._exclusive():
-            self.profile.create({"server": api.base_url, "pending_phone": phone})
+            self.profile.create(ProfileState(server=api.base_url, pending_phone=phone).records())
         return phone
 
     async def verify(self, code: str, name: str | None) -> dict[str, Any]:
@@ -115,17 +116,17 @@ class App(Receiving):
         if name is not None:
             check_name(name)
         async with self._exclusive():
-            state = self.profile.load()
-            phone = state.get("pending_phone")
+            state = ProfileState.from_records(self.profile.load())
+            phone = state.pending_phone
             if not phone:
                 raise ClientError(
                     "nothing to verify: run 'parley register PHONE --server URL' first"
                 )
             device = DeviceState(IdentityKeyPair.generate(secrets.token_bytes), secrets.token_bytes)
             ot, kem = device.new_one_time_keys(50)
-            if "device" in state:
+            if state.registered:
                 raise ClientError("this profile is already registered")
-            api = ApiClient(state["server"], retries=RETRIES, on_retry=self.notify)
+            api = ApiClient(state.server, retries=RETRIES, on_retry=self.notify)
             try:
                 result = await api.verify(
                     phone,
@@ -141,19 +142,13 @@ class App(Receiving):
                 await api.close()
             device.account_id, device.device_id = result["account_id"], int(result["device_id"])
             device.prekeys_rotated_ms = now_ms()  # the keys just uploaded are fresh
-            state.pop("pending_phone")
-            state.update(
-                kt=kt_view,
-                prekeys_uploaded_ms=device.prekeys_rotated_ms,
-                phone=me["phone"],
-                name=name or "",
-                credential=result["credential"],
-                device=device.to_dict(),
-                contacts={},
-                phones={},
-                groups={},
-            )
-            self.profile.save(state)
+            state.pending_phone = None
+            state.kt = kt_view
+            state.prekeys_uploaded_ms = device.prekeys_rotated_ms
+            state.phone, state.name = me["phone"], name or ""
+            state.credential = result["credential"]
+            state.device = device.to_dict()
+            self.profile.save(state.records())
             return {
                 "account_id": device.account_id,
                 "device_id": device.device_id,
@@ -163,13 +158,14 @@ class App(Receiving):
     def whoami(self) -> dict[str, Any]:
         """Who this profile is, from the profile alone (no network)."""
         state = self.local_state()
-        device = DeviceState.from_dict(state["device"], secrets.token_bytes)
+        assert state.device is not None
+        device = DeviceState.from_dict(state.device, secrets.token_bytes)
         return {
-            "phone": state["phone"],
-            "name": state.get("name", ""),
+            "phone": state.phone,
+            "name": state.name,
             "account_id": device.account_id,
             "device_id": device.device_id,
-            "server": state["server"],
+            "server": state.server,
             "identity_key": b64e(device.identity.public.to_bytes()),
         }
 
@@ -256,24 +252,24 @@ class App(Receiving):
 
         async def act(s: Session) -> dict[str, Any]:
             current = await verified_policy(s.api)
-            accepted = s.state.get("policy")
-            changed = accepted is None or accepted["version"] != current["version"]
+            accepted = s.state.policy
+            changed = accepted is None or accepted.version != current["version"]
             diff = ""
             if accepted is not None and changed:
                 diff = "".join(
                     difflib.unified_diff(
-                        accepted["text"].splitlines(keepends=True),
+                        accepted.text.splitlines(keepends=True),
                         current["text"].splitlines(keepends=True),
-                        f"privacy policy v{accepted['version']}",
+                        f"privacy policy v{accepted.version}",
                         f"privacy policy v{current['version']}",
                     )
                 )
             if accept:
-                s.state["policy"] = {"version": current["version"], "text": current["text"]}
+                s.state.policy = Policy(int(current["version"]), str(current["text"]))
             return {
                 **current,
                 "changed": changed,
-                "accepted": accepted["version"] if accepted else None,
+                "accepted": accepted.version if accepted else None,
                 "diff": diff,
             }
 
@@ -281,10 +277,8 @@ class App(Receiving):
 
     def policy_warning(self, served_version: int | None) -> str | None:
         state = self.local_state()
-        accepted = state.get("policy")
-        if served_version is not None and (
-            accepted is None or accepted["version"] != served_version
-        ):
+        accepted = state.policy
+        if served_version is not None and (accepted is None or accepted.version != served_version):
             return f"notice: the privacy policy is now version {served_version}; read the changes with 'parley policy'"
         return None
 
@@ -301,18 +295,16 @@ class App(Receiving):
 
         async def act(s: Session) -> str:
             code = base64.b32encode(secrets.token_bytes(LINK_CODE_BYTES)).decode().rstrip("=")
-            kt = s.state.setdefault(
-                "kt", {"devices": [s.device.device_id], "expected_links": 0, "alarms": []}
-            )
-            kt["expected_links"] += 1
+            kt = s.state.kt
+            kt.expected_links += 1
             lookup, key = _link_keys(code)
             payload = json.dumps(
                 {
                     "identity": b64e(s.device.identity.private_bytes()),
                     "phone": s.phone,
-                    "name": s.state.get("name", ""),
+                    "name": s.state.name,
                     # the new device's view of the log starts from this one's
-                    "kt": {k: kt.get(k) for k in ("log_key", "head", "devices")},
+                    "kt": kt.provisioning(),
                 }
             ).encode()
             nonce = secrets.token_bytes(12)
@@ -365,18 +357,15 @@ class App(Receiving):
         self._set_aside(force)
         async with self._exclusive():
             self.profile.create(
-                {
-                    "server": api.base_url,
-                    "phone": payload["phone"],
-                    "name": payload.get("name", ""),
-                    "credential": result["credential"],
-                    "device": device.to_dict(),
-                    "contacts": {},
-                    "phones": {},
-                    "groups": {},
-                    "kt": kt_view,
-                    "prekeys_uploaded_ms": device.prekeys_rotated_ms,
-                }
+                ProfileState(
+                    server=api.base_url,
+                    phone=str(payload["phone"]),
+                    name=str(payload.get("name") or ""),
+                    credential=result["credential"],
+                    device=device.to_dict(),
+                    kt=kt_view,
+                    prekeys_uploaded_ms=device.prekeys_rotated_ms,
+                ).records()
             )
         return {
             "account_id": device.account_id,
@@ -388,14 +377,14 @@ class App(Receiving):
         async def act(s: Session) -> None:
             await s.api.call("DELETE", f"/v1/devices/{device_id}")
             kt = s.api.kt_view
-            kt["devices"] = sorted(set(kt.get("devices", [])) - {device_id})
+            kt.devices = sorted(set(kt.devices) - {device_id})
             if device_id != s.device.device_id:  # the signed device list loses it too
                 with contextlib.suppress(ServerError):
                     await publish_device_list(
                         s.api,
                         s.device.identity.signing,
                         s.device.account_id,
-                        sorted(set(kt["devices"]) | {s.device.device_id}),
+                        sorted(set(kt.devices) | {s.device.device_id}),
                         now_ms(),
                     )
 
@@ -423,20 +412,15 @@ class App(Receiving):
         """The conversation list, most recent first, titled by contact or group name;
         no network."""
         state = self.local_state()
-        names = {
-            c.get("phone"): c.get("name")
-            for c in state.get("contacts", {}).values()
-            if isinstance(c, dict)
-        }
-        groups = state.get("groups", {})
+        names = {c.phone: c.name for c in state.contacts.values()}
         out = self.profile.chats()
         for c in out:
             if c.group is not None:
-                c.title = str(groups.get(c.group, {}).get("name") or c.group)
-            elif c.chat == state.get("phone"):
+                c.title = state.group_name(c.group)
+            elif c.chat == state.phone:
                 c.title = "Note to self"
             else:
-                c.title = str(names.get(c.chat) or c.chat)
+                c.title = names.get(c.chat) or c.chat
         return out
 
     def search(self, text: str, limit: int = 100) -> list[dict[str, Any]]:
@@ -447,25 +431,23 @@ class App(Receiving):
     def group_names(self) -> dict[str, str]:
         """Group id -> name, from the profile (no network)."""
         state = self.local_state()
-        return {g: str(v.get("name") or g) for g, v in state.get("groups", {}).items()}
+        return {g: state.group_name(g) for g in state.groups}
 
     def export(self) -> dict[str, Any]:
         """The user's own data, without any key material."""
         state = self.local_state()
-        device = state.get("device", {})
+        device = state.device or {}
         return {
-            "phone": state.get("phone"),
-            "name": state.get("name"),
-            "server": state.get("server"),
+            "phone": state.phone,
+            "name": state.name,
+            "server": state.server,
             "account_id": device.get("account_id"),
             "device_id": device.get("device_id"),
             "contacts": [
-                {"account_id": a, "phone": c.get("phone"), "verified": c.get("verified", False)}
-                for a, c in state.get("contacts", {}).items()
+                {"account_id": a, "phone": c.phone, "verified": c.verified}
+                for a, c in state.contacts.items()
             ],
-            "groups": [
-                {"id": g, "name": v.get("name")} for g, v in state.get("groups", {}).items()
-            ],
+            "groups": [{"id": g, "name": v.name} for g, v in state.groups.items()],
             "history": [m.public() for m in self.profile.all_messages()],
         }
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from parley.client.api import ApiClient
 from parley.client.device import DeviceState
+from parley.client.state import ProfileState
 from parley.client.store import Profile
 from parley.display import visible
 from parley.errors import (
@@ -122,13 +123,13 @@ def now_ms() -> int:
 class Session:
     """A loaded profile: app state plus the device's cryptographic state."""
 
-    state: dict[str, Any]
+    state: ProfileState
     device: DeviceState
     api: ApiClient
 
     @property
     def phone(self) -> str:
-        return str(self.state["phone"])
+        return self.state.phone
 
 
 class Core:
@@ -166,16 +167,12 @@ class Core:
         if s is not None and self.profile.unchanged():
             s.api.retries = retries
             return s
-        state = self.profile.load()
-        if "device" not in state:
+        state = ProfileState.from_records(self.profile.load())
+        if state.device is None:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
-        device = DeviceState.from_dict(state["device"], secrets.token_bytes)
-        api = ApiClient(
-            state["server"], state.get("credential"), retries=retries, on_retry=self.notify
-        )
-        api.kt_view = state.setdefault(
-            "kt", {"devices": [device.device_id], "expected_links": 0, "alarms": []}
-        )
+        device = DeviceState.from_dict(state.device, secrets.token_bytes)
+        api = ApiClient(state.server, state.credential, retries=retries, on_retry=self.notify)
+        api.kt_view = state.kt
         if s is not None:
             self._closing.append(s.api)
         self._session = Session(state, device, api)
@@ -184,12 +181,12 @@ class Core:
     @staticmethod
     def known_phones(s: Session) -> set[str]:
         """The numbers this profile holds: its own and its contacts'."""
-        return {s.phone, *s.state.get("phones", {})}
+        return {s.phone, *s.state.phones}
 
     def _save(self, s: Session) -> None:
         """Commit the records and messages this operation changed, in one transaction."""
-        s.state["device"] = s.device.to_dict()
-        self.profile.save(s.state)
+        s.state.device = s.device.to_dict()
+        self.profile.save(s.state.records())
 
     async def run(self, action: Callable[[Session], Awaitable[Any]], retries: int = RETRIES) -> Any:
         async with self._exclusive():
@@ -228,12 +225,12 @@ class Core:
             raise ClientError(f"no message {message_id} in this profile")
         return found.to_entry()
 
-    def local_state(self) -> dict[str, Any]:
+    def local_state(self) -> ProfileState:
         """The profile's state, read without touching the network."""
         with self.profile.locked():
             if self._session is not None and self.profile.unchanged():
                 return self._session.state
-            state = self.profile.load()
-        if "device" not in state:
+            state = ProfileState.from_records(self.profile.load())
+        if not state.registered:
             raise ClientError("registration is not finished: run 'parley verify CODE'")
         return state

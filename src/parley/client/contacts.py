@@ -26,6 +26,7 @@ from parley.client.kt import (
     KeyTransparencyError,
     verified_lookup,
 )
+from parley.client.state import ContactRecord
 from parley.client.store import ProfileError
 from parley.errors import (
     ParleyError,
@@ -37,7 +38,7 @@ from parley.protocol.wire import IdentityPublic
 
 
 class Contacts(Core):
-    async def _contact(self, s: Session, phone: str) -> dict[str, Any]:
+    async def _contact(self, s: Session, phone: str) -> ContactRecord:
         """Look a phone up; its identity is the one the key directory proves (never the
         server's word alone), checked against what we trusted before."""
         phone = normalize_phone(phone, self.known_phones(s))
@@ -101,12 +102,12 @@ class Contacts(Core):
         if sender == s.device.account_id:
             mine = s.device.identity.public.to_bytes()
             return None if claimed == mine else "it claims your account under another identity"
-        contact = s.state["contacts"].get(sender)
-        pinned = base64.b64decode(contact["identity"]) if contact else None
+        contact = s.state.contacts.get(sender)
+        pinned = base64.b64decode(contact.identity) if contact else None
         if claimed == published["identity_key"]:
             if pinned is not None and pinned != claimed:
                 record = self._remember(s, sender, b64e(claimed))  # the identity-change flow
-                if record["verified"]:
+                if record.verified:
                     return (
                         "it comes under a new identity of a contact you verified; compare "
                         "the safety number again before you trust it"
@@ -118,41 +119,38 @@ class Contacts(Core):
 
     def _remember(
         self, s: Session, account_id: str, identity_key: str, phone: str | None = None
-    ) -> dict[str, Any]:
-        contacts = s.state.setdefault("contacts", {})
+    ) -> ContactRecord:
+        contacts = s.state.contacts
         contact = contacts.get(account_id)
         if contact is None:
-            contact = contacts[account_id] = {
-                "phone": phone or "",
-                "identity": identity_key,
-                "verified": False,
-                "changed": False,
-            }
-        elif contact["identity"] != identity_key:
+            contact = contacts[account_id] = ContactRecord(
+                account_id, phone=phone or "", identity=identity_key
+            )
+        elif contact.identity != identity_key:
             # A new identity: sessions with the old one are dropped; a verified
             # contact stays blocked until the user checks the new safety number.
-            contact["previous"] = contact["identity"]
-            contact["identity"] = identity_key
-            contact["changed"] = True
-            contact["notified"] = False
+            contact.previous = contact.identity
+            contact.identity = identity_key
+            contact.changed = True
+            contact.notified = False
             for key in [k for k in s.device.sessions if k[0] == account_id]:
                 del s.device.sessions[key]
         if phone:
-            contact["phone"] = phone
-            s.state.setdefault("phones", {})[phone] = account_id
-        return dict(contact, account_id=account_id)
+            contact.phone = phone
+            s.state.phones[phone] = account_id
+        return contact
 
-    def _check_sendable(self, contact: dict[str, Any]) -> None:
-        if contact["changed"] and contact["verified"]:
+    def _check_sendable(self, contact: ContactRecord) -> None:
+        if contact.changed and contact.verified:
             raise IdentityChanged(
-                f"the safety number with {contact['phone']} has changed: compare it ('parley safety-number {contact['phone']}') "
-                f"and run 'parley trust {contact['phone']} --safety-number DIGITS' before sending"
+                f"the safety number with {contact.phone} has changed: compare it ('parley safety-number {contact.phone}') "
+                f"and run 'parley trust {contact.phone} --safety-number DIGITS' before sending"
             )
 
     async def safety_number(self, phone: str) -> str:
         async def act(s: Session) -> str:
             contact = await self._contact(s, phone)
-            theirs = IdentityPublic.from_bytes(base64.b64decode(contact["identity"]))
+            theirs = IdentityPublic.from_bytes(base64.b64decode(contact.identity))
             return display(safety_number(s.device.identity.public, s.phone, theirs, phone))
 
         return str(await self.run(act))
@@ -160,7 +158,7 @@ class Contacts(Core):
     async def trust(self, phone: str, digits: str) -> None:
         async def act(s: Session) -> None:
             contact = await self._contact(s, phone)
-            theirs = IdentityPublic.from_bytes(base64.b64decode(contact["identity"]))
+            theirs = IdentityPublic.from_bytes(base64.b64decode(contact.identity))
             expected = safety_number(s.device.identity.public, s.phone, theirs, phone)
             try:
                 given = parse(digits)
@@ -170,9 +168,7 @@ class Contacts(Core):
                 raise ClientError(
                     f"that is not the safety number with {phone}: nothing was changed"
                 )
-            record = s.state["contacts"][contact["account_id"]]
-            record.update(verified=True, changed=False)
-            record.pop("previous", None)
+            contact.verified, contact.changed, contact.previous = True, False, None
 
         await self.run(act)
 
@@ -184,17 +180,14 @@ class Contacts(Core):
                 session = self._open()
                 state = session.state
                 shown = []
-                for account, c in state.get("contacts", {}).items():
-                    if c.get("changed") and (c.get("verified") or not c.get("notified")):
+                for account, c in state.contacts.items():
+                    if c.changed and (c.verified or not c.notified):
                         shown.append(
-                            f"warning: the safety number with {c.get('phone') or account} changed; "
-                            f"compare it with 'parley safety-number {c.get('phone') or account}'"
+                            f"warning: the safety number with {c.phone or account} changed; "
+                            f"compare it with 'parley safety-number {c.phone or account}'"
                         )
-                        c["notified"] = True
-                shown += [
-                    f"ALARM: {a}; check with 'parley keys check'"
-                    for a in state.get("kt", {}).get("alarms", [])
-                ]
+                        c.notified = True
+                shown += [f"ALARM: {a}; check with 'parley keys check'" for a in state.kt.alarms]
                 if shown:
                     self._save(session)
                 return shown
@@ -207,9 +200,9 @@ class Contacts(Core):
         account id."""
         if account == s.device.account_id:
             return s.phone
-        contact = s.state["contacts"].get(account)
-        if contact and contact.get("phone"):
-            return str(contact["phone"])
+        contact = s.state.contacts.get(account)
+        if contact and contact.phone:
+            return contact.phone
         log = grp.log_of(s.device, gid)
         added = [
             a
@@ -231,9 +224,9 @@ class Contacts(Core):
 
     async def _sender_phone(self, s: Session, received: Received, claimed: str | None) -> str:
         """The sender's phone, believed only if the directory says that number is theirs."""
-        contact = s.state["contacts"].get(received.sender)
-        if contact and contact.get("phone"):
-            return str(contact["phone"])
+        contact = s.state.contacts.get(received.sender)
+        if contact and contact.phone:
+            return contact.phone
         if received.sender == s.device.account_id:
             return s.phone
         if claimed:
@@ -250,10 +243,10 @@ class Contacts(Core):
     def _sender_name(s: Session, sender: str, claimed: object) -> str:
         """The display name a contact gave itself (inside the encryption)."""
         if sender == s.device.account_id:
-            return str(s.state.get("name", ""))
-        contact = s.state["contacts"].get(sender)
+            return s.state.name
+        contact = s.state.contacts.get(sender)
         if contact is None:
             return ""
         if isinstance(claimed, str) and len(claimed) <= MAX_NAME:
-            contact["name"] = claimed
-        return str(contact.get("name", ""))
+            contact.name = claimed
+        return contact.name

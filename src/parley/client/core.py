@@ -20,6 +20,7 @@ from typing import Any
 
 from parley.client.app import App, ClientError
 from parley.client.records import ChatSummary, Message
+from parley.client.state import ContactRecord
 from parley.client.store import Profile
 from parley.errors import ParleyError
 
@@ -137,19 +138,10 @@ class Client:
             return normalize_phone(ref)
         return self.app.group_id(self.app.local_state(), ref)
 
-    def contacts(self) -> list[dict[str, Any]]:
+    def contacts(self) -> list[ContactRecord]:
+        """The profile's contacts, by account id."""
         state = self.app.local_state()
-        return [
-            {
-                "account_id": a,
-                "phone": c.get("phone", ""),
-                "name": c.get("name", ""),
-                "verified": bool(c.get("verified")),
-                "identity_changed": bool(c.get("changed")),
-            }
-            for a, c in sorted(state.get("contacts", {}).items())
-            if isinstance(c, dict)
-        ]
+        return [c for _a, c in sorted(state.contacts.items())]
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:

@@ -564,7 +564,7 @@ async def _search(d: Daemon, conn: Connection, p: Params) -> Any:
 @method("listContacts")
 async def _contacts(d: Daemon, conn: Connection, p: Params) -> Any:
     async with d.client.turn():
-        return d.client.contacts()
+        return [c.public() for c in d.client.contacts()]
 
 
 @method("chatId", "chat")

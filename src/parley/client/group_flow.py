@@ -20,6 +20,7 @@ from parley.client.base import (
     now_ms,
 )
 from parley.client.monitoring import Monitoring
+from parley.client.state import GroupRecord, ProfileState
 from parley.errors import (
     InvalidGroupChange,
     ParleyError,
@@ -52,7 +53,7 @@ class GroupFlow(Monitoring):
         log = grp.log_of(s.device, gid)
         if log is not None and log.state.name:
             return log.state.name
-        return str(s.state.get("groups", {}).get(gid, {}).get("name") or gid)
+        return s.state.group_name(gid)
 
     @staticmethod
     def _sync_group_record(s: Session, gid: str) -> None:
@@ -61,9 +62,9 @@ class GroupFlow(Monitoring):
         log = grp.log_of(s.device, gid)
         if log is None:
             return
-        record = s.state.setdefault("groups", {}).setdefault(gid, {"name": gid})
-        record["name"] = log.state.name[:MAX_NAME] or gid
-        record["left"] = s.device.account_id not in log.state.members
+        record = s.state.groups.setdefault(gid, GroupRecord(gid))
+        record.name = log.state.name[:MAX_NAME] or gid
+        record.left = s.device.account_id not in log.state.members
 
     async def _store_change(
         self, s: Session, gid: str, change: gs.GroupChange, master: bytes
@@ -264,7 +265,7 @@ class GroupFlow(Monitoring):
                 "but no admin of the group added them: they get no key from you and their "
                 "messages are refused"
             )
-        s.state["groups"].setdefault(gid, {"name": gid})["unconfirmed"] = ghosts
+        s.state.groups.setdefault(gid, GroupRecord(gid)).unconfirmed = ghosts
         return phones
 
     async def _hold_if_stale(self, s: Session, gid: str) -> None:
@@ -356,13 +357,10 @@ class GroupFlow(Monitoring):
         async def act(s: Session) -> str:
             me = s.device.account_id
             contacts = [await self._contact(s, p) for p in phones]
-            members = {c["account_id"]: c for c in contacts if c["account_id"] != me}
+            members = {c.account_id: c for c in contacts if c.account_id != me}
             created = await s.api.call("POST", "/v1/groups", {"members": list(members)})
             gid = str(created["group_id"])
-            adds = [
-                gs.Add(a, base64.b64decode(c["identity"]), str(c["phone"]))
-                for a, c in members.items()
-            ]
+            adds = [gs.Add(a, base64.b64decode(c.identity), c.phone) for a, c in members.items()]
             master, genesis = grp.create(s.device, gid, name, s.phone, adds)
             await self._store_change(s, gid, genesis, master)
             events = grp.commit(s.device, gid, genesis, master)
@@ -376,12 +374,12 @@ class GroupFlow(Monitoring):
         return str(await self.run(act))
 
     @staticmethod
-    def group_id(state: dict[str, Any], ref: str) -> str:
+    def group_id(state: ProfileState, ref: str) -> str:
         """A group named by its id, or by its name when exactly one group has it."""
-        groups = state.get("groups", {})
+        groups = state.groups
         if ref in groups:
             return ref
-        named = sorted(g for g, info in groups.items() if info.get("name") == ref)
+        named = sorted(g for g, info in groups.items() if info.name == ref)
         if len(named) == 1:
             return str(named[0])
         if named:
@@ -407,20 +405,20 @@ class GroupFlow(Monitoring):
                 raise ClientError(f"only an admin of {name!r} can add or remove members")
             await self._hold_if_stale(s, gid)  # a change must follow the latest state
             contact = await self._contact(s, phone)
-            account = str(contact["account_id"])
+            account = contact.account_id
             action: gs.Action
             if add:
                 if account in log.state.members:
-                    raise ClientError(f"{contact['phone']} is already a member of {name!r}")
+                    raise ClientError(f"{contact.phone} is already a member of {name!r}")
                 try:
                     await s.api.call("POST", f"/v1/groups/{gid}/members", {"account_id": account})
                 except ServerError as exc:
                     if exc.code != "conflict":  # routed already (a member the server added)
                         raise
-                action = gs.Add(account, base64.b64decode(contact["identity"]), contact["phone"])
+                action = gs.Add(account, base64.b64decode(contact.identity), contact.phone)
             else:
                 if account not in log.state.members:
-                    raise ClientError(f"{contact['phone']} is not a member of {name!r}")
+                    raise ClientError(f"{contact.phone} is not a member of {name!r}")
                 action = gs.Remove(account)
             change, before = await self._make_change(s, gid, [action])
             if not add:
@@ -462,7 +460,7 @@ class GroupFlow(Monitoring):
                 chat=gid,
                 group=gid,
                 sender=s.phone,
-                sender_name=s.state.get("name", ""),
+                sender_name=s.state.name,
                 text=text,
                 attachments=[],
                 sent_at=content.sent_at_ms,

@@ -1,8 +1,8 @@
 """Client-side key transparency: keys are used only as the directory proves them,
 in a log this client has seen grow and never fork.
 
-Theory of operation. A client keeps a *view* of the transparency log (a dict
-in the profile, ``state["kt"]``, reached through ``ApiClient.kt_view``):
+Theory of operation. A client keeps a *view* of the transparency log (a
+``state.KtView`` in the profile, reached through ``ApiClient.kt_view``):
 
 - ``log_key``: the log's signing key, pinned at registration (a linked device
   gets it from the primary, inside the encrypted provisioning message). Every
@@ -42,6 +42,7 @@ from typing import Any, NoReturn
 
 from parley.client.api import ApiClient, b64e
 from parley.client.api import b64d as _b
+from parley.client.state import Head, KtView, Seen
 from parley.crypto.primitives import SigningKey
 from parley.errors import ParleyError, RemoteProtocolError, ServerError
 from parley.translog import directory, merkle
@@ -50,24 +51,15 @@ from parley.translog.heads import TreeHead
 
 GRACE_S = 10.0
 MAX_GOSSIP_OK = 32
-MAX_ALARMS = 100
 
 
 class KeyTransparencyError(ParleyError):
     code = "key_transparency"
 
 
-def alarm(view: dict[str, Any], text: str) -> None:
-    """Keep an alarm (once) until the user acknowledges it."""
-    alarms = view.setdefault("alarms", [])
-    if text not in alarms:
-        alarms.append(text)
-        del alarms[:-MAX_ALARMS]
-
-
-def _refuse(view: dict[str, Any], text: str, evidence: bool = True) -> NoReturn:
+def _refuse(view: KtView, text: str, evidence: bool = True) -> NoReturn:
     if evidence:
-        alarm(view, text)
+        view.alarm(text)
     raise KeyTransparencyError(text)
 
 
@@ -76,12 +68,11 @@ def head_code(size: int, root: bytes) -> str:
     return f"{size}-{root[:10].hex()}"
 
 
-def gossip(view: dict[str, Any]) -> dict[str, Any]:
+def gossip(view: KtView) -> dict[str, Any]:
     """What a message carries (inside the encryption): the sender's verified head."""
-    head = view.get("head")
-    if not head:
+    if view.head is None:
         return {}
-    return {"head": [int(head["size"]), _b(head["root"]).hex()]}
+    return {"head": [view.head.size, _b(view.head.root).hex()]}
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -106,9 +97,9 @@ async def accept_head(
     """Accept ``head`` into the view: signed by the pinned key, an extension of the last
     head verified (``consistency`` from it, fetched if not given). Otherwise refuse."""
     view = api.kt_view
-    pinned = view.get("log_key")
+    pinned = view.log_key
     if pinned is None:
-        view["log_key"] = b64e(served_key)  # first use: registration (or a library client)
+        view.log_key = b64e(served_key)  # first use: registration (or a library client)
         key = served_key
     else:
         key = _b(pinned)
@@ -122,9 +113,9 @@ async def accept_head(
         head.verify(key)
     except RemoteProtocolError:
         _refuse(view, "a head of the transparency log does not verify under the pinned log key")
-    stored = view.get("head")
-    if stored:
-        size, root = int(stored["size"]), _b(stored["root"])
+    stored = view.head
+    if stored is not None:
+        size, root = stored.size, _b(stored.root)
         if head.size < size:
             _refuse(
                 view,
@@ -144,7 +135,11 @@ async def accept_head(
                 merkle.verify_consistency(size, head.size, root, head.root, consistency)
             except (merkle.ProofError, KeyError, TypeError, ValueError):
                 _refuse(view, _fork(size, head.size))
-    view["head"] = {"size": head.size, "root": b64e(head.root), "timestamp_ms": head.timestamp_ms}
+    view.head = Head(head.size, b64e(head.root), head.timestamp_ms)
+
+
+def _size(view: KtView) -> int:
+    return view.head.size if view.head is not None else 0
 
 
 def _head(raw: dict[str, Any]) -> TreeHead:
@@ -172,7 +167,7 @@ async def verified_lookup(
 ) -> dict[str, Any]:
     """An account's entry as the directory proves it under the client's view of the log
     (a ``ServerError`` ``not_found`` while the account is not published yet)."""
-    since = int(api.kt_view.get("head", {}).get("size", 0))
+    since = _size(api.kt_view)
     entry = await api.call("GET", f"/v1/kt/lookup/{account_id}?since={since}")
     return await verify_entry(api, account_id, entry, label)
 
@@ -237,35 +232,37 @@ async def verify_entry(
         _refuse(view, f"the key directory's entry for {who} names an impossible version")
     signed = directory.signed_devices(device_list, identity, account_id)
     counter = DeviceList.from_bytes(device_list).counter if signed is not None else 0
-    seen = view.setdefault("seen", {})
-    before = seen.get(account_id)
+    before = view.seen.get(account_id)
+    same_identity = (
+        before is not None
+        and before.counter is not None
+        and before.identity is not None
+        and identity == _b(before.identity)
+    )
     if before is not None:
-        if (
-            signed is not None
-            and len(before) > 2
-            and counter < int(before[2])
-            and identity == _b(before[3])
-        ):
+        if signed is not None and same_identity and counter < int(before.counter or 0):
             _refuse(
                 view,
                 f"the key directory shows an older device list of {who} than it showed "
                 "you before: a device since unlinked could be slipped back in",
             )
-        if version < int(before[0]):
+        if version < before.version:
             _refuse(
                 view,
-                f"the key directory went back from version {before[0]} to {version} of {who}'s "
+                f"the key directory went back from version {before.version} to {version} of {who}'s "
                 "keys: it is hiding a change",
             )
-        if version == int(before[0]) and b64e(value) != before[1]:
+        if version == before.version and b64e(value) != before.value:
             _refuse(
                 view,
                 f"the key directory showed two different entries for version {version} of "
                 f"{who}'s keys",
             )
-    if before is not None and len(before) > 2 and identity == _b(before[3]):
-        counter = max(counter, int(before[2]))  # a list dropped for a while resets nothing
-    seen[account_id] = [version, b64e(value), counter, b64e(identity)]
+    if before is not None and same_identity:
+        counter = max(
+            counter, int(before.counter or 0)
+        )  # a list dropped for a while resets nothing
+    view.seen[account_id] = Seen(version, b64e(value), counter, b64e(identity))
     return {
         "identity_key": identity,
         "devices": devices,
@@ -341,7 +338,7 @@ async def own_history(
     versions: list[dict[str, Any]] = []
     after: Any = since_version
     while True:
-        since = int(api.kt_view.get("head", {}).get("size", 0))
+        since = _size(api.kt_view)
         raw = await api.call("GET", f"/v1/kt/history?since_version={after}&since={since}")
         if not isinstance(raw, dict):
             _refuse(api.kt_view, "the server's history of your key-directory entry is malformed")
@@ -406,7 +403,7 @@ async def publish_device_list(
 ) -> list[int]:
     """Sign the devices this owner vouches for and upload them (the counter only grows)."""
     view = api.kt_view
-    counter = max(now_ms, int(view.get("list_counter", 0)) + 1)
+    counter = max(now_ms, view.list_counter + 1)
     signed = DeviceList.sign(key, account_id, counter, devices)
     await api.call(
         "PUT",
@@ -417,8 +414,8 @@ async def publish_device_list(
             "signature": b64e(signed.signature),
         },
     )
-    view["list_counter"] = counter
-    view["signed"] = list(signed.devices)
+    view.list_counter = counter
+    view.signed = list(signed.devices)
     return list(signed.devices)
 
 
@@ -463,25 +460,24 @@ async def check_gossip(api: ApiClient, claim: object, sender: str) -> str | None
     have the same root, and the server must prove the smaller a prefix of the larger.
     Returns the fork alarm (also kept in the view) or None."""
     view = api.kt_view
-    theirs, stored = _claimed_head(claim), view.get("head")
-    if theirs is None or not stored or int(stored["size"]) < 1:
+    theirs, stored = _claimed_head(claim), view.head
+    if theirs is None or stored is None or stored.size < 1:
         return None
-    ours = (int(stored["size"]), _b(stored["root"]))
+    ours = (stored.size, _b(stored.root))
     key = f"{theirs[0]}:{theirs[1].hex()}"
-    if key in view.get("gossip_ok", []):
+    if key in view.gossip_ok:
         return None
     ok = await _consistent(api, ours, theirs)
     if ok is None:
         return None
     if ok:
-        seen = view.setdefault("gossip_ok", [])
-        seen.append(key)
-        del seen[:-MAX_GOSSIP_OK]
+        view.gossip_ok.append(key)
+        del view.gossip_ok[:-MAX_GOSSIP_OK]
         return None
     text = (
         f"FORK: a message from {sender} carried a transparency-log head ({theirs[0]} entries) "
         f"that the server cannot prove consistent with yours ({ours[0]} entries): it is "
         f"showing you and {sender} different logs"
     )
-    alarm(view, text)
+    view.alarm(text)
     return text

@@ -42,15 +42,15 @@ if TYPE_CHECKING:
 
 class Receiving(GroupFlow):
     def _refuse(self, s: Session, sender: str, why: str) -> None:
-        contact = s.state["contacts"].get(sender, {})
-        who = contact.get("phone") or sender
+        contact = s.state.contacts.get(sender)
+        who = (contact.phone if contact else "") or sender
         self.notify(f"a message from {who} was refused: {why}")
         self.on_refusal(who, why)
 
     async def _process(self, s: Session, frame: dict[str, Any]) -> dict[str, Any] | None:  # noqa: PLR0911, PLR0912 - each refusal ends here
         if self.profile.seen(frame["id"]):
             return None  # a re-delivery after a crash: shown once
-        sender_info = s.state["contacts"].get(frame["sender"])
+        sender_info = s.state.contacts.get(frame["sender"])
         self.profile.mark_seen(frame["id"])
         try:
             claimed = s.device.first_message_identity(frame)
@@ -339,7 +339,7 @@ class Receiving(GroupFlow):
 
         async def act(s: Session) -> int:
             unread = self.profile.mark_read(chat)
-            if s.state.get("settings", {}).get("read_receipts", True):
+            if s.state.settings.read_receipts:
                 owed: dict[str, list[str]] = {}
                 for m in unread:
                     account = receipts.owed_to(m)
@@ -355,10 +355,9 @@ class Receiving(GroupFlow):
         """The profile's settings, changing those given."""
 
         async def act(s: Session) -> dict[str, Any]:
-            current = s.state.setdefault("settings", {})
             if read_receipts is not None:
-                current["read_receipts"] = read_receipts
-            return {"read_receipts": bool(current.get("read_receipts", True))}
+                s.state.settings.read_receipts = read_receipts
+            return {"read_receipts": s.state.settings.read_receipts}
 
         return dict(await self.run(act, retries=0))
 

@@ -186,22 +186,3 @@ class ChatSummary:
             "sent_at": self.sent_at,
             "unread": self.unread,
         }
-
-
-@dataclass
-class Contact:
-    account_id: str
-    phone: str
-    name: str
-    verified: bool
-    changed: bool
-
-    @classmethod
-    def from_dict(cls, account_id: str, d: dict[str, Any]) -> Contact:
-        return cls(
-            account_id,
-            str(d.get("phone", "")),
-            str(d.get("name", "")),
-            bool(d.get("verified", False)),
-            bool(d.get("changed", False)),
-        )

@@ -32,7 +32,7 @@ class Sending(Contacts):
     ) -> Content:
         # The display name travels inside the encryption, with every message, and so
         # does the sender's verified head of the transparency log (fork detection).
-        claims = {"from": s.phone, "name": s.state.get("name", ""), **gossip(s.api.kt_view)}
+        claims = {"from": s.phone, "name": s.state.name, **gossip(s.api.kt_view)}
         return Content(
             s.device.rng(32), now_ms(), text, pointers, json.dumps({**claims, **control}).encode()
         )
@@ -121,7 +121,7 @@ class Sending(Contacts):
             pointers = await self._upload(s, files, progress)
             client_id = str(uuid.uuid4())
             content = self._content(s, text, pointers, id=client_id)
-            await self._send_to_account(s, contact["account_id"], content, client_id)
+            await self._send_to_account(s, contact.account_id, content, client_id)
             await self._sync(s, text, pointers, chat, None, client_id)
             self._record(
                 s,
@@ -129,7 +129,7 @@ class Sending(Contacts):
                 chat=chat,
                 group=None,
                 sender=s.phone,
-                sender_name=s.state.get("name", ""),
+                sender_name=s.state.name,
                 text=text,
                 attachments=[self._pointer_record(p) for p in pointers],
                 sent_at=content.sent_at_ms,

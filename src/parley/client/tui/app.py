@@ -199,12 +199,12 @@ class ParleyApp(App[None]):
                 self.raise_alarm(f"kt:{text}", text)
         changed = set()
         for c in self.client.contacts():
-            if not c["identity_changed"]:
+            if not c.changed:
                 continue
-            key = f"identity:{c['phone'] or c['account_id']}"
+            key = f"identity:{c.phone or c.account_id}"
             changed.add(key)
-            name = f"{c['name']} ({c['phone']})" if c["name"] else c["phone"] or c["account_id"]
-            blocked = " Sending to them is blocked until you do." if c["verified"] else ""
+            name = f"{c.name} ({c.phone})" if c.name else c.phone or c.account_id
+            blocked = " Sending to them is blocked until you do." if c.verified else ""
             self.raise_alarm(
                 key,
                 f"the safety number with {name} has changed: compare it before you trust "

@@ -161,18 +161,18 @@ class ChatScreen(Screen[None]):
             )
         if chat == self.parley.phone:
             return Text("Note to self", style="bold")
-        contact = next((c for c in self.parley.client.contacts() if c["phone"] == chat), None)
+        contact = next((c for c in self.parley.client.contacts() if c.phone == chat), None)
         title = Text()
-        if contact and contact["name"]:
-            title.append_text(literal(contact["name"], style="bold"))
+        if contact and contact.name:
+            title.append_text(literal(contact.name, style="bold"))
             title.append(" ")
         title.append_text(literal(chat, style="bold" if not title else ""))
         if contact is None:
             state = "not verified"
-        elif contact["identity_changed"]:
+        elif contact.changed:
             state = "⚠ safety number changed"
         else:
-            state = "✓ verified" if contact["verified"] else "not verified"
+            state = "✓ verified" if contact.verified else "not verified"
         title.append(f"  {state} · F2: safety number", style="dim")
         return title
 

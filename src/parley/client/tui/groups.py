@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from parley.client.state import ContactRecord
 from parley.client.tui.widgets import AlarmBanner, shown
 from parley.display import literal
 from parley.errors import ParleyError
@@ -23,14 +24,14 @@ if TYPE_CHECKING:
 
 
 def member_text(
-    phone: str, me: str, admins: list[str], contact: dict[str, Any] | None, unconfirmed: bool
+    phone: str, me: str, admins: list[str], contact: ContactRecord | None, unconfirmed: bool
 ) -> Text:
     """One member: name and number, role, and verification state."""
     line = Text()
     if phone == me:
         line.append("You ", style="bold")
-    elif contact and contact["name"]:
-        line.append_text(literal(contact["name"], style="bold"))
+    elif contact and contact.name:
+        line.append_text(literal(contact.name, style="bold"))
         line.append(" ")
     line.append_text(literal(phone))
     if phone in admins:
@@ -39,9 +40,9 @@ def member_text(
         line.append("  ⚠ routed by the server, added by no admin", style="bold red")
     elif phone == me:
         pass
-    elif contact is not None and contact["identity_changed"]:
+    elif contact is not None and contact.changed:
         line.append("  ⚠ safety number changed", style="bold red")
-    elif contact is not None and contact["verified"]:
+    elif contact is not None and contact.verified:
         line.append("  ✓ verified", style="green")
     else:
         line.append("  not verified", style="yellow")
@@ -117,7 +118,7 @@ class GroupScreen(Screen[None]):
                 ),
             )
         )
-        contacts = {c["phone"]: c for c in self.parley.client.contacts()}
+        contacts = {c.phone: c for c in self.parley.client.contacts()}
         me = self.parley.phone
         unconfirmed = [str(u) for u in g.get("unconfirmed", [])]
         options = [

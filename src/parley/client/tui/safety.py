@@ -13,6 +13,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from parley.client.state import ContactRecord
 from parley.client.tui.qr import qr_text
 from parley.client.tui.widgets import AlarmBanner, shown
 from parley.display import literal
@@ -67,7 +68,7 @@ class SafetyScreen(Screen[None]):
 
     def _heading(self) -> Text:
         contact = self._contact()
-        name = contact.get("name") if contact else ""
+        name = contact.name if contact else ""
         heading = Text("Safety number with ", style="bold")
         if name:
             heading.append_text(literal(name, style="bold"))
@@ -75,8 +76,8 @@ class SafetyScreen(Screen[None]):
         heading.append_text(literal(self.phone, style="bold"))
         return heading
 
-    def _contact(self) -> dict[str, object] | None:
-        return next((c for c in self.parley.client.contacts() if c["phone"] == self.phone), None)
+    def _contact(self) -> ContactRecord | None:
+        return next((c for c in self.parley.client.contacts() if c.phone == self.phone), None)
 
     def on_mount(self) -> None:
         self.query_one(AlarmBanner).show(self.parley.alarms)
@@ -84,12 +85,12 @@ class SafetyScreen(Screen[None]):
 
     def _show_state(self) -> None:
         contact = self._contact()
-        if contact is not None and contact["identity_changed"]:
+        if contact is not None and contact.changed:
             state = Text(
                 "⚠ This safety number changed: compare it before you trust it (v).",
                 style="bold red",
             )
-        elif contact is not None and contact["verified"]:
+        elif contact is not None and contact.verified:
             state = Text("✓ Verified", style="bold green")
         else:
             state = Text("Not verified. Press v once the numbers match.", style="yellow")
