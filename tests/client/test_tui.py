@@ -233,6 +233,28 @@ async def test_chat_list_chat_compose_receipts_report_and_hostile_text(
             await type_text(pilot, "not me [b]x")
             await pilot.press("enter")
             await shows(pilot, "Reported (report")
+
+            # search (Ctrl+F, even from the compose box): a word nobody wrote finds
+            # nothing; a word of bob's hostile text finds it, shown inert, and Enter
+            # opens the chat with that message highlighted
+            app.screen.query_one("#compose").focus()
+            await pilot.press("ctrl+f")
+            await shows(pilot, "Search messages")
+            await type_text(pilot, "zebra")
+            await pilot.press("enter")
+            await shows(pilot, "0 messages found")
+            app.screen.query_one("#query").focus()
+            await pilot.press(*["backspace"] * 5)
+            await type_text(pilot, "title")
+            await pilot.press("enter")
+            await shows(pilot, "1 message found")
+            assert_shown_safely(screen_text(app), [HOSTILE_TEXTS[1], HOSTILE_NAME])
+            snapshot(app, "search")
+            await pilot.press("enter")
+            await until(pilot, lambda: "Search messages" not in screen_text(app), "search closed")
+            messages = app.screen.query_one(MessageList)
+            assert messages.current is not None and messages.current.text == HOSTILE_TEXTS[1]
+            assert messages.has_focus
     finally:
         await bob.close()
     await asyncio.sleep(0)

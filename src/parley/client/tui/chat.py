@@ -64,6 +64,7 @@ class ChatScreen(Screen[None]):
         Binding("f4", "devices", "Devices"),
         Binding("f5", "policy", "Policy"),
         Binding("f6", "attach", "Attach file"),
+        Binding("ctrl+f", "search", "Search"),
     ]
 
     def __init__(self) -> None:
@@ -135,8 +136,9 @@ class ChatScreen(Screen[None]):
         if event.option.id is not None:
             self.open_chat(event.option.id)
 
-    def open_chat(self, chat: str) -> None:
-        """Show a chat (a phone number or a group id) and mark it read."""
+    def open_chat(self, chat: str, at: str | None = None) -> None:
+        """Show a chat (a phone number or a group id) and mark it read; ``at``: a
+        message to highlight (a search result), when it is among those shown."""
         client = self.parley.client
         try:
             chat = client.chat_id(chat)
@@ -149,7 +151,15 @@ class ChatScreen(Screen[None]):
         self.current_group = chat if chat in groups else None
         self.query_one("#chat-title", Static).update(self._title(chat, groups))
         self.message_list.show(messages, self.parley.phone)
-        self.compose_box.focus()
+        if at is None:
+            self.compose_box.focus()
+        elif self.message_list.select(at):
+            self.message_list.focus()
+        else:
+            self.notify(
+                f"That message is older than the {HISTORY} shown here; "
+                "'parley history' on the command line shows all of them"
+            )
         if any(m.unread for m in messages):
             self.mark_read(chat)
         self.reload_chats()
@@ -322,6 +332,15 @@ class ChatScreen(Screen[None]):
         from parley.client.tui.policy import PolicyScreen
 
         self.app.push_screen(PolicyScreen())
+
+    def action_search(self) -> None:
+        from parley.client.tui.dialogs import SearchDialog
+
+        def chosen(m: Message | None) -> None:
+            if m is not None:
+                self.open_chat(m.chat, at=m.id)
+
+        self.app.push_screen(SearchDialog(), chosen)
 
     def action_attach(self) -> None:
         from parley.client.tui.dialogs import AttachDialog

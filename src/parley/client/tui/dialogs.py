@@ -1,5 +1,6 @@
 """Small dialogs over the chat: a new chat, a new group, a file to attach, saving
-attachments, reporting a message. Escape closes any of them without acting."""
+attachments, reporting a message, searching the history. Escape closes any of them
+without acting."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from parley.client.records import Message
-from parley.client.tui.widgets import local_moment, shown, size_text
+from parley.client.tui.widgets import local_moment, shown, size_text, who
 from parley.display import literal
 from parley.errors import ParleyError
 
@@ -33,6 +34,8 @@ REASONS = [
     ("other", "Something else"),
 ]
 MAX_CONTEXT = 5
+SEARCH_LIMIT = 100
+SEARCH_LINES = 3  # of a found message's text, in the result list
 T = TypeVar("T")
 
 
@@ -229,3 +232,66 @@ class ReportDialog(Dialog[None]):
         already = "You had already reported this message" if result.get("existing") else "Reported"
         self.notify(shown(f"{already} (report {result.get('id')})"), markup=False)
         self.dismiss(None)
+
+
+def found_text(m: Message, title: str, me: str) -> Text:
+    """One search result: the chat, who and when, then the message's first lines."""
+    head = Text.assemble(literal(title, style="bold"), " · ", who(m, me))
+    head.append(f"  {local_moment(m.sent_at)}", style="dim")
+    body = literal("\n".join(m.text.splitlines()[:SEARCH_LINES]), multiline=True)
+    return Text.assemble(head, "\n", body)
+
+
+class SearchDialog(Dialog[Message | None]):
+    """Search every chat's history (the profile's blind word index: words of two
+    letters or more, all of them in a message), newest first; Enter on a result
+    opens its chat there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[str, Message] = {}
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="search"):
+            yield Label("Search messages")
+            yield Input(placeholder="words in the message", id="query")
+            yield OptionList(id="results", markup=False)
+            yield Static(
+                Text("Enter: search, then Enter on a result: open it · Escape: close", style="dim"),
+                id="search-hint",
+            )
+
+    @on(Input.Submitted, "#query")
+    def _search(self, event: Input.Submitted) -> None:
+        results = self.query_one("#results", OptionList)
+        query = event.value.strip()
+        if not query:
+            return
+        try:
+            client = self.parley.client
+            found = client.search(query, limit=SEARCH_LIMIT)
+            titles = {c.chat: c.title for c in client.chats()}
+        except ParleyError as exc:
+            self.error(exc)
+            return
+        self.found = {m.id: m for m in found}
+        results.set_options(
+            Option(found_text(m, titles.get(m.chat) or m.chat, self.parley.phone), id=m.id)
+            for m in found
+        )
+        self.query_one("#search-hint", Static).update(
+            Text(
+                f"{len(found)} message{'s' if len(found) != 1 else ''} found"
+                + (f" (the newest {SEARCH_LIMIT})" if len(found) == SEARCH_LIMIT else "")
+                + " · Enter: open · Escape: close",
+                style="dim",
+            )
+        )
+        if found:
+            results.highlighted = 0
+            results.focus()
+
+    @on(OptionList.OptionSelected, "#results")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id is not None:
+            self.dismiss(self.found.get(event.option.id))

@@ -176,6 +176,13 @@ class MessageList(OptionList):
         m.status_code = codes[status]
         self.replace_option_prompt(message_id, message_text(m, self.me))
 
+    def select(self, message_id: str) -> bool:
+        """Highlight one message, if it is shown."""
+        if message_id not in self.messages:
+            return False
+        self.highlighted = self.get_option_index(message_id)
+        return True
+
     @property
     def current(self) -> Message | None:
         option = self.highlighted_option
