@@ -14,11 +14,22 @@ from parley.server.storage.tables import messages
 
 
 class Recorder:
+    """A socket that records what it is sent; ``writable`` off plays back-pressure."""
+
     def __init__(self) -> None:
         self.frames: list[dict[str, Any]] = []
+        self.writable = asyncio.Event()
+        self.writable.set()
 
     async def send_text(self, text: str) -> None:
+        await self.writable.wait()
         self.frames.append(json.loads(text))
+
+    def try_send(self, text: str) -> bool:
+        if not self.writable.is_set():
+            return False
+        self.frames.append(json.loads(text))
+        return True
 
     async def close(self, code: int) -> None:
         self.frames.append({"type": "closed", "code": code})
@@ -154,6 +165,52 @@ async def test_an_ack_during_a_read_is_not_pushed_again(tmp_path: Path) -> None:
     await asyncio.sleep(0.1)
     again = [f["id"] for f in recorder.frames if f["type"] == "message"]
     assert again == pushed
+    session.close_soon(1000)
+    await runner
+    await queue.close()
+
+
+def _queued(i: int) -> QueuedMessage:
+    return QueuedMessage(i, f"g{i}", "a", 1, "b", 1, None, b"e", b"t" * 32, 1)
+
+
+async def test_live_frames_go_out_at_once_in_order_and_wait_out_back_pressure(
+    tmp_path: Path,
+) -> None:
+    """In live mode an offer, a control frame and an ack that frees the window push
+    from the caller's own call (no wake-up of the session's task); a socket that
+    stops taking frames leaves them to the task, which sends them in the same order
+    once it is writable again."""
+    queue, session, recorder, _ = await _setup(tmp_path)
+    runner = asyncio.create_task(session.run())
+    await asyncio.sleep(0.05)
+    assert [f["type"] for f in recorder.frames] == ["queue_empty"]
+
+    def kinds() -> list[str]:
+        return [str(f.get("id") or f.get("request_id") or f["type"]) for f in recorder.frames[1:]]
+
+    session.offer([_queued(1)])
+    session.send_control({"type": "response", "request_id": "r1"})
+    assert kinds() == ["g1", "r1"]  # sent before anything awaited
+
+    recorder.writable.clear()
+    session.offer([_queued(2), _queued(3)])
+    session.send_control({"type": "response", "request_id": "r2"})
+    session.offer([_queued(4)])
+    await asyncio.sleep(0.05)
+    assert kinds() == ["g1", "r1"]  # nothing while the socket takes nothing
+    recorder.writable.set()
+    await asyncio.sleep(0.05)
+    assert kinds() == ["g1", "r1", "r2", "g2", "g3", "g4"]  # control first, as always
+
+    small = DeliverySession("a", 2, queue, recorder, window=1)
+    small._backlog = False  # live, with a window of one
+    small._empty_sent = True
+    before = len(recorder.frames)
+    small.offer([_queued(5), _queued(6)])
+    assert [f["id"] for f in recorder.frames[before:]] == ["g5"]
+    small.on_ack({"type": "ack", "ids": ["g5"]})
+    assert [f["id"] for f in recorder.frames[before:]] == ["g5", "g6"]  # the ack refilled it
     session.close_soon(1000)
     await runner
     await queue.close()

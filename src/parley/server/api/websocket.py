@@ -298,6 +298,13 @@ class PushProtocol(asyncio.Protocol):
         self.conn.send_text(text.encode())
         self._flush_soon()
 
+    def try_send(self, text: str) -> bool:
+        if self.lost or self.closing or not self.writable.is_set():
+            return False
+        self.conn.send_text(text.encode())
+        self._flush_soon()
+        return True
+
     async def close(self, code: int) -> None:
         if self.lost or self.closing:
             return

@@ -21,6 +21,14 @@ the queue, which acks keep short. If the in-memory outbox grows past
 ``MAX_OUTBOX`` (a slow reader), it is dropped and a pass starts: the database
 is always the record.
 
+In live mode, what can go out at once goes out at once: ``offer``, an ack that
+frees the window and a control frame push from the caller's own callback
+(``Transport.try_send``), so a message costs no wake-up of the session's task.
+The task runs what has to wait: backlog passes, a socket that is not writable
+(back-pressure), the close. Both take frames from the same queues in order, and
+the callback path stands aside while the task is inside its pump, so the order
+of frames is the task's order either way.
+
 Malformed client frames close the socket: 1007 for bytes that are not UTF-8
 JSON, 1008 for JSON that is not a valid frame.
 """
@@ -48,6 +56,11 @@ MAX_ACK_IDS = 1000
 
 class Transport(Protocol):
     async def send_text(self, text: str) -> None: ...
+    def try_send(self, text: str) -> bool:
+        """Send now if the socket takes it without waiting; False (nothing sent)
+        when it is not writable or closing."""
+        ...
+
     async def close(self, code: int) -> None: ...
 
 
@@ -105,6 +118,7 @@ class DeliverySession:
         self._empty_sent = False
         self._wake = asyncio.Event()
         self._wake.set()
+        self._pumping = False  # the task is inside _pump: the callback path stands aside
         self._close_code: int | None = None
         self.closed = asyncio.Event()
 
@@ -125,7 +139,7 @@ class DeliverySession:
                     self._queued.discard(row.guid)
                 self._outbox.clear()
                 self._start_pass()
-        self._wake.set()
+        self._kick()
 
     def available(self) -> None:
         """Rows were committed for this device that no local commit offered (another
@@ -138,7 +152,7 @@ class DeliverySession:
 
     def send_control(self, frame: dict[str, Any]) -> None:
         self._control.append(frame)
-        self._wake.set()
+        self._kick()
 
     def close_soon(self, code: int) -> None:
         """Close with ``code``; the first reason given wins."""
@@ -173,7 +187,7 @@ class DeliverySession:
             self._acked_while_reading.update(mine)
         if mine:
             self._queue.delete_soon(mine)  # the read loop must not wait for a commit
-        self._wake.set()
+        self._kick()
 
     # -- the sender loop --------------------------------------------------------------------
 
@@ -183,7 +197,11 @@ class DeliverySession:
             while self._close_code is None:
                 await self._wake.wait()
                 self._wake.clear()
-                await self._pump()
+                self._pumping = True
+                try:
+                    await self._pump()
+                finally:
+                    self._pumping = False
         finally:
             code = self._close_code or 1000
             with contextlib.suppress(Exception):
@@ -211,6 +229,33 @@ class DeliverySession:
         ):
             self._empty_sent = True
             await send('{"type": "queue_empty"}')
+
+    def _kick(self) -> None:
+        """Push what can go now from here; wake the task for whatever cannot."""
+        if self._pumping or self._backlog or self._close_code is not None or not self._push_now():
+            self._wake.set()
+
+    def _push_now(self) -> bool:
+        """``_pump``'s live-mode work without waiting: False when something is left
+        that only the task can do (the socket stopped taking frames)."""
+        try_send = self._transport.try_send
+        control = self._control
+        while control:
+            if not try_send(dumps(control[0])):
+                return False
+            control.popleft()
+        outbox, inflight = self._outbox, self._inflight
+        while outbox and len(inflight) < self._window:
+            row = outbox[0]
+            if not try_send(message_text(row)):
+                return False
+            outbox.popleft()
+            inflight.add(row.guid)
+        if not outbox and not self._empty_sent:
+            if not try_send('{"type": "queue_empty"}'):
+                return False
+            self._empty_sent = True
+        return True
 
     def _add(self, row: QueuedMessage) -> None:
         if row.guid not in self._queued:
