@@ -18,6 +18,7 @@ from websockets.uri import parse_uri
 from parley.server.api import websocket as push
 from parley.server.handlers.accounts import Principal
 from parley.server.handlers.delivery import DeliverySession
+from parley.server.storage.queue import QueuedMessage
 
 
 class FakeTransport:
@@ -222,3 +223,25 @@ async def test_a_fragmented_frame_is_one_frame_and_bad_utf8_closes_with_1007() -
     await _settle()
     closes = [Close.parse(f.data).code for f in peer.frames() if f.opcode is Opcode.CLOSE]
     assert closes == [1007]
+
+
+async def test_a_push_to_a_socket_the_peer_is_closing_raises_nowhere() -> None:
+    """The queue writer offers a commit's rows to every recipient's session in turn:
+    one socket in its closing handshake must not make the offer raise (the sessions
+    after it would miss their rows). Its session leaves the row to its task."""
+    peer = Peer(Service())
+    await _settle()
+    peer.events()
+    connection = peer.server.connection
+    assert connection is not None
+    # a real transport reports the loss on a later loop turn, not inside close()
+    peer.transport.close = lambda: setattr(peer.transport, "closed", True)  # type: ignore[method-assign]
+    peer.client.send_close(1000)
+    peer.server.data_received(b"".join(peer.client.data_to_send()))
+    assert not peer.server.lost and peer.server.conn.state.name != "OPEN"
+    assert peer.server.try_send('{"type": "x"}') is False
+    row = QueuedMessage(1, "g1", "alice", 1, "bob", 1, None, b"e", b"t" * 32, 1)
+    connection.session.offer([row])  # does not raise
+    peer.server.connection_lost(None)  # the loss, reported a turn later
+    await _settle()
+    assert connection.session.closed.is_set()

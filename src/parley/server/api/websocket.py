@@ -299,9 +299,15 @@ class PushProtocol(asyncio.Protocol):
         self._flush_soon()
 
     def try_send(self, text: str) -> bool:
+        # Called from other sessions' paths too (the queue writer's hand-over offers
+        # rows to every recipient in turn), so it never raises: a socket the peer is
+        # closing answers False, and the session's task meets that state itself.
         if self.lost or self.closing or not self.writable.is_set():
             return False
-        self.conn.send_text(text.encode())
+        try:
+            self.conn.send_text(text.encode())
+        except InvalidState:
+            return False
         self._flush_soon()
         return True
 
