@@ -55,8 +55,7 @@ class ContactRecord:
         )
 
     def public(self) -> dict[str, Any]:
-        """What the contact list shows (``contacts --json``, the daemon's
-        ``listContacts``)."""
+        """What the daemon's ``listContacts`` answers for this contact."""
         return {
             "account_id": self.account_id,
             "phone": self.phone,
@@ -277,11 +276,6 @@ class ProfileState:
     @property
     def registered(self) -> bool:
         return self.device is not None
-
-    def contact_name(self, phone: str) -> str:
-        account = self.phones.get(phone)
-        contact = self.contacts.get(account) if account else None
-        return contact.name if contact else ""
 
     def group_name(self, gid: str) -> str:
         group = self.groups.get(gid)
