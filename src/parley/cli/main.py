@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # loaded when a command runs alone: a command the daemon runs
     from rich.text import Text
 
     from parley.client.app import App
+    from parley.client.store import Profile
 
 # httpcore loads trio whenever it is installed (selenium, a test dependency, brings
 # it). The command line runs on asyncio alone, and trio's import and teardown cost
@@ -47,6 +48,9 @@ REASONS = ["csam", "terrorism", "violence", "fraud", "spam", "other"]
 # Commands that work on the profile alone: they never touch the network.
 LOCAL = {"whoami", "history", "export", "chats", "search"}
 EXIT_INTERRUPTED = 130
+# What httpx imports only when its first client is made (httpcore) and anyio when the
+# first connection opens (its asyncio backend): loaded beside the Argon2id too.
+NETWORK_MODULES = ("httpcore", "anyio._backends._asyncio")
 
 
 def ClientError(message: str) -> ParleyError:  # noqa: N802 - raised as the class it stands for
@@ -465,6 +469,40 @@ def _read_text(args: argparse.Namespace, allow_empty: bool) -> str:
     return str(args.text)
 
 
+def _open_profile(directory: Path, creating: bool, *modules: str) -> Profile:
+    """Ask the passphrase and open the profile (unless the command makes one) while
+    ``modules`` are imported beside it.
+
+    Argon2id (about 0.2 s on one core, in C with the GIL released) and importing the
+    client (0.1 to 0.2 s of Python, the GIL held) used to run one after the other; on two
+    cores they now overlap, and on one they cost what they did. The profile stays on
+    this thread (its SQLite connection belongs to it); the other thread only imports.
+    This thread imports nothing new until it has joined the other, so neither can wait
+    on a module the other holds half-imported. An import that fails there is left to
+    fail again here, where the command imports the module for real and reports it."""
+    import importlib
+    import threading
+
+    from parley.client.store import Profile
+
+    def load() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # raised again by the command's own import
+                return
+
+    loader = threading.Thread(target=load, name="parley-import", daemon=True)
+    loader.start()
+    try:
+        profile = Profile(directory, _passphrase(creating))
+        if not creating:  # register and link decide themselves what an existing one means
+            profile.open()
+        return profile
+    finally:
+        loader.join()
+
+
 async def _run(args: argparse.Namespace) -> int:
     args.shown_warnings = set()  # the warnings a command printed before it ran
     if args.command == "audit":
@@ -483,13 +521,13 @@ async def _run(args: argparse.Namespace) -> int:
             return await _dispatch(cast("App", remote), args)
         finally:
             await remote.close()
-    from parley.client.app import App
-    from parley.client.store import Profile
-
     if args.command == "daemon":
         return await _daemon(args)
     creating = args.command in ("register", "link")
-    app = App(Profile(args.profile, _passphrase(creating)), notify=notify)
+    profile = _open_profile(args.profile, creating, "parley.client.app", *NETWORK_MODULES)
+    from parley.client.app import App
+
+    app = App(profile, notify=notify)
     try:
         return await _dispatch(app, args)
     except ParleyError as exc:
@@ -505,12 +543,14 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _daemon(args: argparse.Namespace) -> int:
+    profile = _open_profile(
+        args.profile, False, "parley.client.core", "parley.client.daemon", *NETWORK_MODULES
+    )
     from parley.client.core import Client
     from parley.client.daemon import run
     from parley.client.rpc import SOCKET_NAME
-    from parley.client.store import Profile
 
-    client = Client(Profile(args.profile, _passphrase(creating=False)))
+    client = Client(profile)
     await run(client, args.profile, args.socket or args.profile / SOCKET_NAME)
     return 0
 
@@ -709,11 +749,12 @@ def _confirm_delete(app: App) -> None:
 async def _tui(args: argparse.Namespace) -> int:
     """The terminal app (Textual, imported only here: other commands do not pay for it).
     The passphrase is asked and checked before the screen is taken over."""
+    profile = _open_profile(
+        args.profile, False, "parley.client.core", "parley.client.tui.app", *NETWORK_MODULES
+    )
     from parley.client.core import Client
-    from parley.client.store import Profile
     from parley.client.tui.app import ParleyApp
 
-    profile = Profile(args.profile, _passphrase(creating=False))
     client = Client(profile)
     client.whoami()  # no profile, an unfinished registration, a wrong passphrase: one line
     await ParleyApp(client).run_async()

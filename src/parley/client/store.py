@@ -157,6 +157,14 @@ class Profile:
         db.execute("PRAGMA synchronous = FULL")
         return db
 
+    def open(self) -> None:
+        """Derive the key and open the database now rather than on the first ``load``
+        (the command line runs the Argon2id while it imports the client). Nothing is
+        done for a profile not made yet, nor for one in the earlier format: its import
+        is left to ``load``, under the profile's lock."""
+        if self.db_path.exists():
+            self._conn()
+
     def _conn(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
