@@ -22,7 +22,7 @@ from parley.server.handlers.ratelimit import RateLimiter
 from parley.server.handlers.transparency import TransparencyHandler
 from parley.server.storage import db
 from parley.server.storage.accounts import AccountStore
-from parley.server.storage.buckets import RedisBuckets
+from parley.server.storage.buckets import MAX_BATCH, RedisBuckets
 from parley.server.storage.kt import KtStore
 from parley.server.storage.leases import Lease, LeaseLost
 from parley.server.storage.transparency import TransparencyStore
@@ -144,6 +144,43 @@ async def test_buckets_in_redis_are_one_limit_for_every_node() -> None:
     assert stored and all(key not in k for k in stored)  # the key is hashed
     for r in nodes:
         await r.aclose()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+async def test_checks_made_together_share_one_round_trip() -> None:
+    """A turn's checks go to Redis as one script call; each bucket still gives exactly
+    its tokens, and a batch above MAX_BATCH is split, not truncated."""
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    limits = RedisBuckets(redis, secrets.token_bytes(32), RateLimiter(time.monotonic))
+    calls: list[int] = []
+    script = limits._script
+
+    async def counted(*, keys: list[str], args: list[str]) -> object:
+        calls.append(len(keys))
+        return await script(keys=keys, args=args)
+
+    limits._script = counted
+    a, b = secrets.token_hex(8), secrets.token_hex(8)
+
+    async def attempt(key: str, capacity: int) -> bool:
+        try:
+            await limits.check("test", key, capacity, 0.001)
+        except RateLimited:
+            return False
+        return True
+
+    results = await asyncio.gather(
+        *[attempt(a, 5) for _ in range(20)], *[attempt(b, 3) for _ in range(10)]
+    )
+    assert sum(results[:20]) == 5 and sum(results[20:]) == 3
+    assert calls == [30]
+    calls.clear()
+    await redis.script_flush()  # as after a Redis restart: the script is loaded again
+    c = secrets.token_hex(8)
+    results = await asyncio.gather(*[attempt(c, 100) for _ in range(MAX_BATCH + 44)])
+    assert sum(results) == 100
+    assert calls == [MAX_BATCH, 44]
+    await redis.aclose()
 
 
 async def test_buckets_fall_back_to_this_nodes_limits_without_redis() -> None:
