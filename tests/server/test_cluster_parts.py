@@ -183,6 +183,38 @@ async def test_checks_made_together_share_one_round_trip() -> None:
     await redis.aclose()
 
 
+async def test_a_hung_redis_costs_a_check_one_failed_call_not_two() -> None:
+    """Checks that arrive while the call out is hanging share its failure and fall
+    back to this node's buckets at once, rather than each batch waiting in turn."""
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    redis = Redis.from_url(
+        f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, socket_connect_timeout=0.3
+    )
+    limits = RedisBuckets(redis, b"p" * 32, RateLimiter(time.monotonic))
+    calls: list[int] = []
+    script = limits._script
+
+    async def counted(*, keys: list[str], args: list[str]) -> object:
+        calls.append(len(keys))
+        return await script(keys=keys, args=args)
+
+    limits._script = counted
+    first = asyncio.create_task(limits.check("test", "a", 2, 0.001))
+    await asyncio.sleep(0.05)  # its call is out, and hangs
+    await asyncio.gather(first, *[limits.check("test", k, 2, 0.001) for k in "bcd"])
+    assert calls == [1]  # the three that came later never waited for a call of their own
+    with pytest.raises(RateLimited):  # they were counted here: this node's buckets
+        for _ in range(2):
+            await limits.check("test", "b", 2, 0.001)
+    server.close()
+    await redis.aclose()
+
+
 async def test_buckets_fall_back_to_this_nodes_limits_without_redis() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

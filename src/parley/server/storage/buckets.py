@@ -115,7 +115,10 @@ class RedisBuckets:
                 args=[repr(x) for _, capacity, rate, _ in batch for x in (capacity, rate)],
             )
         except Exception as exc:  # each check decides (Redis down: this node's buckets)
-            for *_, answer in batch:
+            # Those that came meanwhile share the failure rather than wait for a second
+            # one: a hung Redis delays a check by one timeout at most, as without batching.
+            waiting, self._waiting = self._waiting, []
+            for *_, answer in batch + waiting:
                 if not answer.done():
                     answer.set_exception(exc)
         except BaseException:  # cancelled (the server stops): no check is left waiting
