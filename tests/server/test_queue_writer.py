@@ -1,6 +1,7 @@
-"""The SQLite queue writer (one call per group commit on its own thread): the ids it
-hands on are the database's, a repeated idempotency key stores nothing, and
-deletes commit with the batch they came in."""
+"""The queue's writer (SQLite: one call per group commit in its own process;
+PostgreSQL: one transaction of array statements): the ids it hands on are the
+database's, a repeated idempotency key stores nothing, and deletes commit with the
+batch they came in."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from parley.server.storage import db
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 from parley.server.storage.sqlite_writer import CHUNK, WalPolicy, WriterGone
 from parley.server.storage.tables import messages, sent_keys
+from tests.e2e.server import postgres_available, postgres_database
 
 
 def _row(guid: str, device: int = 1) -> dict[str, Any]:
@@ -47,6 +49,25 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The queue on either database: the writer process for SQLite, the same rules in
+    one transaction of array statements for PostgreSQL."""
+    if request.param == "sqlite":
+        engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
+        await db.migrate(engine)
+        yield engine
+        await engine.dispose()
+        return
+    if not postgres_available():
+        pytest.skip("PostgreSQL is not reachable at PARLEY_TEST_POSTGRES; .ci/run starts it")
+    with postgres_database() as url:
+        engine = db.create_engine(url)
+        await db.migrate(engine)
+        yield engine
+        await engine.dispose()
+
+
 class Handed:
     """``on_commit``: records what the queue hands on (after ``delay`` seconds)."""
 
@@ -63,8 +84,9 @@ class Handed:
 
 
 async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothing(
-    engine: AsyncEngine,
+    any_engine: AsyncEngine,
 ) -> None:
+    engine = any_engine
     on_commit = Handed()
     handed, again = on_commit.rows, on_commit.again
     queue = MessageQueue(engine, on_commit)
@@ -89,8 +111,9 @@ async def test_ids_handed_on_are_the_stored_ones_and_a_repeated_key_stores_nothi
 
 
 async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
-    engine: AsyncEngine,
+    any_engine: AsyncEngine,
 ) -> None:
+    engine = any_engine
     """More rows, keys and deletes than one multi-row statement carries (``CHUNK``)."""
     on_commit = Handed()
     handed = on_commit.rows
