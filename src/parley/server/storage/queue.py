@@ -18,7 +18,8 @@ each outcome on (``on_commit``, then the futures) in commit order. Measured unde
 load (2 cores, about 240 messages per commit): through the async engine, with an
 event-loop turn per statement, a commit took 50-85 ms; in one call on a thread, with
 a statement per row, 23 ms; with a statement per chunk, 15 ms; the same transaction
-costs 6 ms of SQLite alone. PostgreSQL keeps the async engine (asyncpg, no threads).
+costs 6 ms of SQLite alone. PostgreSQL keeps the async engine (asyncpg, no threads),
+with statements whose text does not depend on the batch's size (see ``_PG_INSERT``).
 Both apply the same idempotency rule (``sqlite_writer.first_uses``).
 
 Idempotency: an enqueue may carry a key (HMAC of sender, device and client
