@@ -146,12 +146,8 @@ async def test_buckets_in_redis_are_one_limit_for_every_node() -> None:
         await r.aclose()
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
-async def test_checks_made_together_share_one_round_trip() -> None:
-    """A turn's checks go to Redis as one script call; each bucket still gives exactly
-    its tokens, and a batch above MAX_BATCH is split, not truncated."""
-    redis = Redis.from_url(REDIS_URL, decode_responses=True)
-    limits = RedisBuckets(redis, secrets.token_bytes(32), RateLimiter(time.monotonic))
+def _count_calls(limits: RedisBuckets) -> list[int]:
+    """The number of buckets in each script call ``limits`` makes from now on."""
     calls: list[int] = []
     script = limits._script
 
@@ -160,6 +156,16 @@ async def test_checks_made_together_share_one_round_trip() -> None:
         return await script(keys=keys, args=args)
 
     limits._script = counted
+    return calls
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+async def test_checks_made_together_share_one_round_trip() -> None:
+    """A turn's checks go to Redis as one script call; each bucket still gives exactly
+    its tokens, and a batch above MAX_BATCH is split, not truncated."""
+    redis = Redis.from_url(REDIS_URL, decode_responses=True)
+    limits = RedisBuckets(redis, secrets.token_bytes(32), RateLimiter(time.monotonic))
+    calls = _count_calls(limits)
     a, b = secrets.token_hex(8), secrets.token_hex(8)
 
     async def attempt(key: str, capacity: int) -> bool:
@@ -196,14 +202,7 @@ async def test_a_hung_redis_costs_a_check_one_failed_call_not_two() -> None:
         f"redis://127.0.0.1:{port}/0", socket_timeout=0.3, socket_connect_timeout=0.3
     )
     limits = RedisBuckets(redis, b"p" * 32, RateLimiter(time.monotonic))
-    calls: list[int] = []
-    script = limits._script
-
-    async def counted(*, keys: list[str], args: list[str]) -> object:
-        calls.append(len(keys))
-        return await script(keys=keys, args=args)
-
-    limits._script = counted
+    calls = _count_calls(limits)
     first = asyncio.create_task(limits.check("test", "a", 2, 0.001))
     await asyncio.sleep(0.05)  # its call is out, and hangs
     await asyncio.gather(first, *[limits.check("test", k, 2, 0.001) for k in "bcd"])

@@ -23,7 +23,7 @@ from parley.server.storage import db
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 from parley.server.storage.sqlite_writer import CHUNK, WalPolicy, WriterGone
 from parley.server.storage.tables import messages, sent_keys
-from tests.e2e.server import postgres_available, postgres_database
+from tests.e2e.server import database_for
 
 
 def _row(guid: str, device: int = 1) -> dict[str, Any]:
@@ -53,16 +53,9 @@ async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 async def any_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """The queue on either database: the writer process for SQLite, the same rules in
     one transaction of array statements for PostgreSQL."""
-    if request.param == "sqlite":
-        engine = db.create_engine(f"sqlite:///{tmp_path / 'q.db'}")
-        await db.migrate(engine)
-        yield engine
-        await engine.dispose()
-        return
-    if not postgres_available():
-        pytest.skip("PostgreSQL is not reachable at PARLEY_TEST_POSTGRES; .ci/run starts it")
-    with postgres_database() as url:
-        engine = db.create_engine(url)
+    (tmp_path / "data").mkdir()
+    with contextlib.ExitStack() as stack:
+        engine = db.create_engine(database_for(request.param, tmp_path, stack))
         await db.migrate(engine)
         yield engine
         await engine.dispose()
