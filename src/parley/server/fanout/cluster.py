@@ -249,7 +249,7 @@ class ClusterFanout(LocalFanout):
                     self._went_down()
                 finally:
                     with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]
+                        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis 8
                 await asyncio.sleep(0.5)
         finally:
             ticker.cancel()
