@@ -20,6 +20,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.storage import db
+from parley.server.storage import queue as queue_module
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 from parley.server.storage.sqlite_writer import CHUNK, WalPolicy, WriterGone
 from parley.server.storage.tables import messages, sent_keys
@@ -130,6 +131,55 @@ async def test_a_batch_larger_than_one_statement_keeps_every_row_key_and_delete(
     assert {m.guid: m.id for m in handed if m.guid.startswith("new")} == stored
 
 
+async def _guids(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return {r.guid for r in await conn.execute(select(messages))}
+
+
+async def test_an_acks_delete_rides_with_the_next_enqueue_and_is_never_handed_out_meanwhile(
+    any_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``delete_soon`` (an ack) is held for the next enqueue's transaction: at low
+    rates it would otherwise be a commit and a writer round trip of its own."""
+    engine = any_engine
+    monkeypatch.setattr(queue_module, "DELETE_HOLD_S", 60.0)  # only an enqueue releases it
+    queue = MessageQueue(engine, Handed())
+    queue.start()
+    await queue.enqueue([_row("g0"), _row("g1")], None, 1)
+    held = queue.delete_soon(["g0"])
+    await asyncio.sleep(0.3)  # long enough for a commit of its own
+    assert not held.done()
+    assert await _guids(engine) == {"g0", "g1"}  # not committed yet...
+    assert [m.guid for m in await queue.pending("bob", 1, 0, 10, 0)] == ["g1"]  # ...nor handed out
+    await queue.enqueue([_row("g2")], None, 2)
+    assert held.done() and held.exception() is None  # the same transaction
+    assert await _guids(engine) == {"g1", "g2"}
+    # Closing commits what is held.
+    queue.delete_soon(["g1"])
+    await queue.close()
+    assert await _guids(engine) == {"g2"}
+
+
+async def test_a_held_delete_commits_after_a_short_wait_or_when_many_are_held(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = MessageQueue(engine, Handed())
+    queue.start()
+    n = queue_module.DELETE_HOLD_MAX
+    await queue.enqueue([_row(f"g{i}") for i in range(n + 1)], None, 1)
+    # No enqueue follows: the timer releases it.
+    await asyncio.wait_for(queue.delete_soon(["g0"]), 10 * queue_module.DELETE_HOLD_S)
+    # Enough guids held release at once, whatever the timer.
+    monkeypatch.setattr(queue_module, "DELETE_HOLD_S", 60.0)
+    await asyncio.wait_for(queue.delete_soon([f"g{i}" for i in range(1, n + 1)]), 10)
+    assert await _guids(engine) == set()
+    # ``delete`` (the HTTP ack, which answers after the commit) never waits for one.
+    await queue.enqueue([_row("h")], None, 2)
+    await asyncio.wait_for(queue.delete(["h"]), 10)
+    assert await _guids(engine) == set()
+    await queue.close()
+
+
 async def test_commits_are_handed_on_in_order_and_answered_only_after(
     engine: AsyncEngine,
 ) -> None:
@@ -152,6 +202,37 @@ async def test_commits_are_handed_on_in_order_and_answered_only_after(
     assert not answered_before_handed
     assert len(handed) == 300
     assert [m.id for m in handed] == sorted(m.id for m in handed)
+
+
+async def test_a_commit_handed_on_at_once_still_waits_for_an_earlier_ones_signal(
+    engine: AsyncEngine,
+) -> None:
+    """``on_commit`` may return nothing to wait for (the single node: the outcome is
+    handed on and answered straight from the writer's reply) or something to wait for
+    (a cluster's signal). A later commit is handed on only after an earlier one's wait,
+    and answered after it."""
+    gate = asyncio.get_running_loop().create_future()
+    order: list[str] = []
+
+    def on_commit(rows: list[QueuedMessage], again: list[tuple[str, int]]) -> Any:
+        order.extend(m.guid for m in rows)
+        if rows[0].guid == "slow":
+            return gate  # as a signal to another node that has not gone out yet
+        return None
+
+    queue = MessageQueue(engine, on_commit)
+    queue.start()
+    await queue.enqueue([_row("first")], None, 1)  # answered without a wait
+    slow = asyncio.ensure_future(queue.enqueue([_row("slow")], None, 2))
+    while "slow" not in order:
+        await asyncio.sleep(0.01)
+    fast = asyncio.ensure_future(queue.enqueue([_row("fast")], None, 3))
+    await asyncio.sleep(0.3)  # committed long since, but behind the slow one's wait
+    assert order == ["first", "slow"] and not slow.done() and not fast.done()
+    gate.set_result(None)
+    assert await asyncio.wait_for(asyncio.gather(slow, fast), 10) == [2, 3]
+    assert order == ["first", "slow", "fast"]
+    await queue.close()
 
 
 def _wal_bytes(engine: AsyncEngine) -> int:

@@ -32,7 +32,7 @@ import contextlib
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -115,10 +115,13 @@ class ClusterFanout(LocalFanout):
 
     # -- outgoing signals --------------------------------------------------------------------
 
-    async def deliver(self, rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
+    def deliver(
+        self, rows: list[QueuedMessage], again: list[tuple[str, int]]
+    ) -> Awaitable[None] | None:
         """Awaited by the queue writer before the senders are answered: a node that
         dies after answering has already told the recipients' nodes. A signal that
-        could not be sent is made up for by a resync once Redis answers again."""
+        could not be sent is made up for by a resync once Redis answers again.
+        Returns None when every recipient is connected here (nothing to wait for)."""
         elsewhere: dict[tuple[str, int], None] = {}
         for owner, device_rows in by_device(rows).items():
             session = self.sessions.get(owner)
@@ -133,12 +136,15 @@ class ClusterFanout(LocalFanout):
             else:
                 elsewhere[owner] = None
         if not elsewhere:
-            return
+            return None
         if not self.up:
             self._missed = True
-            return
+            return None
+        return self._signal_elsewhere(list(elsewhere))
+
+    async def _signal_elsewhere(self, owners: list[tuple[str, int]]) -> None:
         try:
-            await asyncio.wait_for(self._signal(list(elsewhere), None), SIGNAL_TIMEOUT_S)
+            await asyncio.wait_for(self._signal(owners, None), SIGNAL_TIMEOUT_S)
         except TimeoutError:
             self._missed = True
 

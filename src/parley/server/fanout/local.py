@@ -1,6 +1,6 @@
 """The in-process registry of connected devices.
 
-``deliver`` is awaited by the queue writer right after a commit, in id order;
+``deliver`` is called by the queue writer right after a commit, in id order;
 it only appends to each session's outbox and wakes it, so one slow socket
 never holds up the others (no sequential awaits across sockets). The registry
 knows sessions only as ``Subscriber``: the push protocol itself lives in
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from parley.server.storage.queue import QueuedMessage
@@ -47,9 +48,13 @@ class LocalFanout:
         if self.sessions.get(session.owner) is session:
             del self.sessions[session.owner]
 
-    async def deliver(self, rows: list[QueuedMessage], again: list[tuple[str, int]]) -> None:
+    def deliver(
+        self, rows: list[QueuedMessage], again: list[tuple[str, int]]
+    ) -> Awaitable[None] | None:
         """After a commit: ``rows`` were just stored; ``again`` are the recipients of a
-        duplicate send, whose first attempt this process may never have seen."""
+        duplicate send, whose first attempt this process may never have seen. Nothing
+        here waits, so it returns None (the queue then answers the senders at once;
+        a cluster's may return a signal to await)."""
         for owner, device_rows in by_device(rows).items():
             session = self.sessions.get(owner)
             if session is not None:
@@ -58,6 +63,7 @@ class LocalFanout:
             session = self.sessions.get(owner)
             if session is not None:
                 session.available()
+        return None
 
     def notify(self, account_id: str, device_id: int, frame: dict[str, Any]) -> None:
         session = self.sessions.get((account_id, device_id))

@@ -4,8 +4,8 @@ Theory of operation. One writer owns all queue writes. Handlers submit
 operations (enqueue a set of rows, or delete acknowledged ones) and await a
 future. The writer takes everything that has arrived, runs it in one
 transaction (a few statements per batch, not per message), commits, hands
-the committed rows to ``on_commit`` in id order and waits for it (a cluster
-signals the nodes holding the recipients there), then resolves every future.
+the committed rows to ``on_commit`` in id order and waits for what it returns (a
+cluster signals the nodes holding the recipients there), then resolves every future.
 A message is therefore acknowledged to its sender only after it is on disk,
 and after its recipients' nodes were told, at thousands per second
 (DESIGN-NOTES: group commit).
@@ -112,12 +112,22 @@ def _to_message(row: Any) -> QueuedMessage:
 
 
 Device = tuple[str, int]
-OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None]]
+# Returns what to wait for before the senders are answered, or None (nothing: the
+# single node's fan-out only appends to sessions' outboxes).
+OnCommit = Callable[[list[QueuedMessage], list[Device]], Awaitable[None] | None]
 Op = _Enqueue | _Delete
 # A batch's outcome: its rows and the devices to signal again, or the error.
 Outcome = tuple[list[QueuedMessage], list[Device]] | Exception
 
 _COLUMNS = itemgetter(*COLUMNS)
+# An ack's delete (``delete_soon``) waits up to this long for an enqueue to ride with,
+# or until this many are held: at low rates each would otherwise be a transaction and,
+# on SQLite, a round trip to the writer process of its own. Held guids are in
+# ``_deleting`` from the start, so no read hands them out again meanwhile. Measured at
+# 2,000 messages/s offered (2 cores): the writer process's CPU fell from 37-38% to
+# 30-32%, as its deletes-only commits went.
+DELETE_HOLD_S = 0.05
+DELETE_HOLD_MAX = 1000
 _BY_ID = attrgetter("id")
 
 
@@ -162,6 +172,12 @@ _PG_INSERT = (
 _PG_DELETE = delete(messages).where(messages.c.guid == any_(_array("guids", messages.c.guid)))
 
 
+def _answer(batch: list[Op]) -> None:
+    for op in batch:
+        if not op.future.done():
+            op.future.set_result(op.server_ms if isinstance(op, _Enqueue) else None)  # type: ignore[arg-type]
+
+
 class MessageQueue:
     def __init__(
         self,
@@ -179,8 +195,15 @@ class MessageQueue:
         # Acknowledged but not yet committed as deleted: never handed out again,
         # even to a reconnecting device, while their delete is in flight.
         self._deleting: set[str] = set()
-        # SQLite: outcomes from the writer process, handed on in commit order.
-        self._outcomes: asyncio.Queue[tuple[list[Op], Outcome] | None] = asyncio.Queue()
+        self._held: list[_Delete] = []  # deletes waiting for an enqueue (``delete_soon``)
+        self._held_guids = 0
+        self._hold_timer: asyncio.TimerHandle | None = None
+        # SQLite: outcomes from the writer process that wait for an earlier one's
+        # ``on_commit``, with what their own returned if it was called already.
+        self._outcomes: asyncio.Queue[tuple[list[Op], Outcome, Awaitable[None] | None] | None] = (
+            asyncio.Queue()
+        )
+        self._handing_on = False  # ``_hand_on`` is waiting for an ``on_commit``
         self._sqlite = (
             WriterProcess(str(engine.url.database), SQLITE_PRAGMAS, self._replied, wal)
             if is_sqlite(engine)
@@ -197,6 +220,7 @@ class MessageQueue:
     async def close(self) -> None:
         """Finish every submitted operation, then stop (graceful shutdown)."""
         self._closing = True
+        self._release()
         if self._sqlite is not None:
             await self._sqlite.close()  # its last outcomes are queued before this returns
             self._outcomes.put_nowait(None)
@@ -212,25 +236,47 @@ class MessageQueue:
         if self._closing:
             raise RuntimeError("queue is closing")
         op = _Enqueue(rows, key, server_ms)
+        self._release()  # held deletes go in the same transaction
         self._submit(op)
         return await op.future
 
     async def delete(self, guids: list[str]) -> None:
-        await self.delete_soon(guids)
+        """Delete now, and wait for the commit."""
+        future = self.delete_soon(guids)
+        self._release()
+        await future
 
     def delete_soon(self, guids: list[str]) -> asyncio.Future[None]:
         """Queue a delete of acknowledged messages without waiting for its commit.
 
         Safe to leave unawaited: if the server dies first, the messages are
         delivered again and the client drops them by id (at-least-once delivery,
-        exactly-once display).
+        exactly-once display). It is held for the next enqueue's transaction (at
+        most ``DELETE_HOLD_S``).
         """
         op = _Delete(guids)
         self._deleting.update(guids)
-        self._submit(op)
         op.future.add_done_callback(_consume)
         op.future.add_done_callback(lambda _f: self._deleting.difference_update(guids))
+        if self._closing:
+            self._submit(op)
+            return op.future
+        self._held.append(op)
+        self._held_guids += len(guids)
+        if self._held_guids >= DELETE_HOLD_MAX:
+            self._release()
+        elif self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(DELETE_HOLD_S, self._release)
         return op.future
+
+    def _release(self) -> None:
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        if self._held:
+            held, self._held, self._held_guids = self._held, [], 0
+            for op in held:
+                self._submit(op)
 
     def _submit(self, op: Op) -> None:
         if self._sqlite is not None:
@@ -255,11 +301,28 @@ class MessageQueue:
             outcome = RuntimeError(f"queue commit failed in the writer process: {reply}")
         else:
             outcome = _outcome([op for op in batch if isinstance(op, _Enqueue)], reply)
-        self._outcomes.put_nowait((batch, outcome))
+        # Straight from the pipe's callback when nothing earlier is still being handed
+        # on (the single node's fan-out never waits): no task step per commit, which
+        # at low rates is one per message.
+        if self._handing_on or not self._outcomes.empty():
+            self._outcomes.put_nowait((batch, outcome, None))
+            return
+        pending = self._hand(batch, outcome)
+        if pending is not None:
+            self._outcomes.put_nowait((batch, outcome, pending))
 
     async def _hand_on(self) -> None:
         while (item := await self._outcomes.get()) is not None:
-            await self._finish(*item)
+            batch, outcome, pending = item
+            self._handing_on = True
+            try:
+                if pending is None:  # not handed on yet
+                    await self._finish(batch, outcome)
+                else:  # handed on by ``_replied``: wait for it, then answer
+                    await self._settle(pending)
+                    _answer(batch)
+            finally:
+                self._handing_on = False
 
     async def _writer(self) -> None:
         while True:
@@ -280,21 +343,38 @@ class MessageQueue:
 
     async def _finish(self, batch: list[Op], outcome: Outcome) -> None:
         """Hand committed rows on, then answer every operation of the batch."""
+        pending = self._hand(batch, outcome)
+        if pending is not None:
+            await self._settle(pending)
+            _answer(batch)
+
+    def _hand(self, batch: list[Op], outcome: Outcome) -> Awaitable[None] | None:
+        """Hand committed rows on and answer the batch; or, if ``on_commit`` returned
+        something to wait for, return it (the caller answers after it)."""
         if isinstance(outcome, Exception):
             log.error("queue commit failed: %s", type(outcome).__name__)
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(outcome)
-            return
+            return None
         committed, again = outcome
         if committed or again:
             try:
-                await self._on_commit(committed, again)
+                pending = self._on_commit(committed, again)
             except Exception as exc:  # committed all the same: never un-acknowledge
                 log.warning("handing on committed rows failed: %s", type(exc).__name__)
-        for op in batch:
-            if not op.future.done():
-                op.future.set_result(op.server_ms if isinstance(op, _Enqueue) else None)  # type: ignore[arg-type]
+                pending = None
+            if pending is not None:
+                return pending
+        _answer(batch)
+        return None
+
+    @staticmethod
+    async def _settle(pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except Exception as exc:  # committed all the same: never un-acknowledge
+            log.warning("handing on committed rows failed: %s", type(exc).__name__)
 
     async def _commit(self, batch: Sequence[_Enqueue | _Delete]) -> list[Result]:
         """PostgreSQL: the batch in one transaction; per enqueue, its rows' ids or a
