@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
 
 # PostgreSQL for the tests that run the server on it (they skip, saying why,
 # only when no server can be reached or started).
