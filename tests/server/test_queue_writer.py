@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from parley.server.storage import db
@@ -178,6 +178,55 @@ async def test_a_held_delete_commits_after_a_short_wait_or_when_many_are_held(
     await asyncio.wait_for(queue.delete(["h"]), 10)
     assert await _guids(engine) == set()
     await queue.close()
+
+
+async def test_page_reads_asked_together_are_one_query_on_postgresql_with_each_its_own_page(
+    any_engine: AsyncEngine,
+) -> None:
+    """A cluster node reads a device's queue on every "messages available" signal: on
+    PostgreSQL the reads asked for together go as one statement, and each still gets
+    exactly its own device's rows after its cursor, up to its limit, unexpired and not
+    being deleted (SQLite reads one by one: the same answers)."""
+    engine = any_engine
+    queue = MessageQueue(engine, Handed())
+    queue.start()
+    rows = [{**_row(f"b1-{i}", 1)} for i in range(6)]
+    rows += [{**_row(f"b2-{i}", 2)} for i in range(3)]
+    rows += [{**_row(f"c1-{i}", 1), "account_id": "carol"} for i in range(4)]
+    rows += [{**_row("b1-old", 1), "expires_ms": 50}]
+    await queue.enqueue(rows, None, 1)
+    ids = {m.guid: m.id for m in await queue.pending("bob", 1, 0, 100, 0)}
+    ids.update({m.guid: m.id for m in await queue.pending("bob", 2, 0, 100, 0)})
+    ids.update({m.guid: m.id for m in await queue.pending("carol", 1, 0, 100, 0)})
+    queue.delete_soon(["c1-1"])  # held: never handed out
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", count)
+    reads = [
+        ("bob", 1, 0, 4, 100),  # a full page: its last id comes back
+        ("bob", 1, ids["b1-3"], 10, 100),  # the same device, on from a cursor
+        ("bob", 2, 0, 10, 100),
+        ("carol", 1, 0, 10, 100),
+        ("bob", 1, 0, 10, 10),  # before b1-old expired
+        ("dave", 1, 0, 10, 100),  # nothing queued
+    ]
+    got = await asyncio.gather(*(queue.page(*r) for r in reads))
+    event.remove(engine.sync_engine, "before_cursor_execute", count)
+    await queue.close()
+    pages = [([m.guid for m in found], last) for found, last in got]
+    assert pages == [
+        (["b1-0", "b1-1", "b1-2", "b1-3"], ids["b1-3"]),
+        (["b1-4", "b1-5"], None),
+        (["b2-0", "b2-1", "b2-2"], None),
+        (["c1-0", "c1-2", "c1-3"], None),
+        (["b1-0", "b1-1", "b1-2", "b1-3", "b1-4", "b1-5", "b1-old"], None),
+        ([], None),
+    ]
+    if engine.dialect.name == "postgresql":
+        assert len(statements) == 1, statements
 
 
 async def test_commits_are_handed_on_in_order_and_answered_only_after(

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from sqlalchemy import any_, bindparam, delete, func, insert, select
+from sqlalchemy import BigInteger, Integer, any_, bindparam, delete, func, insert, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -170,6 +170,95 @@ _PG_INSERT = (
     .returning(messages.c.id, messages.c.guid)
 )
 _PG_DELETE = delete(messages).where(messages.c.guid == any_(_array("guids", messages.c.guid)))
+# Every ``page`` read asked for while the previous one ran, in one statement: one row
+# of the arrays per read, each read its own ``LIMIT`` through a lateral join. A
+# cluster node reads a device's queue on every "messages available" signal, and one
+# query each was a PostgreSQL round trip and SQLAlchemy's execution path per device.
+_PG_WANTED = (
+    func.unnest(
+        bindparam("accounts", type_=ARRAY(messages.c.account_id.type)),
+        bindparam("devices", type_=ARRAY(Integer())),
+        bindparam("afters", type_=ARRAY(Integer())),
+        bindparam("limits", type_=ARRAY(Integer())),
+        bindparam("nows", type_=ARRAY(BigInteger())),
+    )
+    .table_valued("account_id", "device_id", "after_id", "lim", "now_ms", with_ordinality="n")
+    .render_derived()
+)
+_PG_PAGE_ROWS = (
+    select(messages)
+    .where(
+        messages.c.account_id == _PG_WANTED.c.account_id,
+        messages.c.device_id == _PG_WANTED.c.device_id,
+        messages.c.id > _PG_WANTED.c.after_id,
+        messages.c.expires_ms > _PG_WANTED.c.now_ms,
+    )
+    .order_by(messages.c.id)
+    .limit(_PG_WANTED.c.lim)
+    .lateral()
+)
+_PG_PAGES = (
+    select(_PG_WANTED.c.n, _PG_PAGE_ROWS)
+    .select_from(_PG_WANTED.join(_PG_PAGE_ROWS, true()))
+    .order_by(_PG_WANTED.c.n, _PG_PAGE_ROWS.c.id)
+)
+MAX_PAGE_READS = 500  # reads per statement
+
+PageRead = tuple[str, int, int, int, int]  # account, device, after id, limit, now
+
+
+class _PageReads:
+    """PostgreSQL: ``page`` reads folded into one statement (``_PG_PAGES``). One runs at
+    a time; the reads asked for meanwhile wait and go together in the next."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._waiting: list[tuple[PageRead, asyncio.Future[list[Any]]]] = []
+        self._running: asyncio.Task[None] | None = None
+
+    async def read(self, wanted: PageRead) -> list[Any]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((wanted, future))
+        if self._running is None:
+            self._running = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:MAX_PAGE_READS]
+                del self._waiting[:MAX_PAGE_READS]
+                try:
+                    found = await self._query([wanted for wanted, _f in batch])
+                except Exception as exc:  # each reader sees it (a session retries)
+                    for _w, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for i, (_w, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(found[i])
+        finally:
+            self._running = None
+
+    async def _query(self, reads: list[PageRead]) -> list[list[Any]]:
+        columns = list(zip(*reads, strict=True))
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                _PG_PAGES,
+                {
+                    "accounts": list(columns[0]),
+                    "devices": list(columns[1]),
+                    "afters": list(columns[2]),
+                    "limits": list(columns[3]),
+                    "nows": list(columns[4]),
+                },
+            )
+            rows = result.all()
+        found: list[list[Any]] = [[] for _ in reads]
+        for row in rows:
+            found[row.n - 1].append(row)  # ordinality counts from 1
+        return found
 
 
 def _answer(batch: list[Op]) -> None:
@@ -209,6 +298,7 @@ class MessageQueue:
             if is_sqlite(engine)
             else None
         )
+        self._page_reads = None if self._sqlite is not None else _PageReads(engine)
 
     def start(self) -> None:
         if self._sqlite is not None:
@@ -424,19 +514,23 @@ class MessageQueue:
         # Snapshot first: a delete can commit (and leave ``_deleting``) while the
         # query runs, and the query may still have seen the row.
         excluded = set(self._deleting)
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
-                select(messages)
-                .where(
-                    messages.c.account_id == account_id,
-                    messages.c.device_id == device_id,
-                    messages.c.id > after_id,
-                    messages.c.expires_ms > now_ms,
+        raw: Sequence[Any]
+        if self._page_reads is not None:
+            raw = await self._page_reads.read((account_id, device_id, after_id, limit, now_ms))
+        else:
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(
+                    select(messages)
+                    .where(
+                        messages.c.account_id == account_id,
+                        messages.c.device_id == device_id,
+                        messages.c.id > after_id,
+                        messages.c.expires_ms > now_ms,
+                    )
+                    .order_by(messages.c.id)
+                    .limit(limit)
                 )
-                .order_by(messages.c.id)
-                .limit(limit)
-            )
-            raw = rows.all()
+                raw = rows.all()
         last = raw[-1].id if len(raw) == limit else None
         excluded |= self._deleting
         return [_to_message(r) for r in raw if r.guid not in excluded], last
