@@ -403,14 +403,9 @@ class MessageQueue:
 
     async def _hand_on(self) -> None:
         while (item := await self._outcomes.get()) is not None:
-            batch, outcome, pending = item
             self._handing_on = True
             try:
-                if pending is None:  # not handed on yet
-                    await self._finish(batch, outcome)
-                else:  # handed on by ``_replied``: wait for it, then answer
-                    await self._settle(pending)
-                    _answer(batch)
+                await self._finish(*item)
             finally:
                 self._handing_on = False
 
@@ -431,9 +426,14 @@ class MessageQueue:
             if self._closing:
                 return
 
-    async def _finish(self, batch: list[Op], outcome: Outcome) -> None:
-        """Hand committed rows on, then answer every operation of the batch."""
-        pending = self._hand(batch, outcome)
+    async def _finish(
+        self, batch: list[Op], outcome: Outcome, pending: Awaitable[None] | None = None
+    ) -> None:
+        """Hand committed rows on, then answer every operation of the batch. With
+        ``pending``, they were handed on already (by ``_replied``) and this is what
+        ``on_commit`` returned: wait for it, then answer."""
+        if pending is None:
+            pending = self._hand(batch, outcome)
         if pending is not None:
             await self._settle(pending)
             _answer(batch)
@@ -511,6 +511,8 @@ class MessageQueue:
     ) -> tuple[list[QueuedMessage], int | None]:
         """Like ``pending``, plus the id of the last row read, or None if fewer than
         ``limit`` rows were left (the queue is drained up to now)."""
+        # PostgreSQL folds concurrent reads into one statement (``_PageReads``); SQLite
+        # has no lateral joins, and a single node has no signals to fold.
         # Snapshot first: a delete can commit (and leave ``_deleting``) while the
         # query runs, and the query may still have seen the row.
         excluded = set(self._deleting)
