@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import pytest
 from sqlalchemy import event, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley.server.storage import db
+from parley.server.storage import db, sqlite_writer
 from parley.server.storage import queue as queue_module
 from parley.server.storage.queue import MessageQueue, QueuedMessage
 from parley.server.storage.sqlite_writer import CHUNK, WalPolicy, WriterGone
@@ -315,6 +316,40 @@ async def test_the_writer_checkpoints_so_the_wal_starts_over(
     with contextlib.closing(sqlite3.connect(copy)) as conn:
         assert conn.execute("SELECT count(*) FROM sent_keys").fetchone() == (40,)
     await queue.close()
+
+
+def test_a_checkpoint_pass_flushes_the_database_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint thread flushes the database file after each pass that copied
+    frames, so the writer's own checkpoint has little left to flush while commits
+    wait, and asks the writer for that checkpoint once the WAL is long. Mutation: no
+    flush (or one of another file)."""
+    path = str(tmp_path / "queue.db")
+    writer = sqlite_writer.connect(path, db.SQLITE_PRAGMAS)
+    writer.execute("CREATE TABLE t (x BLOB)")
+    checkpointer = sqlite_writer.connect(path, db.SQLITE_PRAGMAS)
+    database = os.open(path, os.O_RDONLY)
+    flushed: list[str] = []
+    real = os.fdatasync
+
+    def recorded(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", recorded)
+    wanted = threading.Event()
+    try:
+        writer.execute("INSERT INTO t VALUES (?)", (b"x" * 20_000,))
+        sqlite_writer.fold(checkpointer, database, WalPolicy(1, restart_frames=1000), wanted)
+        assert flushed == [os.path.realpath(path)] and not wanted.is_set()
+        writer.execute("INSERT INTO t VALUES (?)", (b"y" * 20_000,))
+        sqlite_writer.fold(checkpointer, database, WalPolicy(1, restart_frames=5), wanted)
+        assert len(flushed) == 2 and wanted.is_set()
+    finally:
+        os.close(database)
+        writer.close()
+        checkpointer.close()
 
 
 async def test_a_killed_writer_fails_what_it_had_not_answered_and_is_started_again(

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import logging
 import multiprocessing
+import os
 import signal
 import sqlite3
 import sys
@@ -199,7 +200,8 @@ class Writer:
         the end of the WAL, so the WAL never starts over and grows without bound
         (measured: 45 MB/s, 670 MB in 14 s). Here no queue frame is added while it
         runs, so unless a reader still holds an old snapshot it catches up. It
-        costs the commits an fsync of the database (3-20 ms under load), so it runs
+        costs the commits an fsync of the database (about 1 ms at 2,000 messages/s,
+        as the thread flushes what it copied: ``fold``), so it runs
         only when the checkpoint thread finds the WAL long (``WalPolicy``): run
         after every commit that came a second after the last, it took the p99 at
         2,000 messages/s from 6-9 ms to 14-16 ms. Even so, a reader that keeps a
@@ -235,15 +237,33 @@ def _checkpoints(
     writer), from a connection of its own; when idle, this alone empties the WAL,
     whatever store's commits it holds."""
     conn = connect(path, pragmas)
+    database = os.open(path, os.O_RDONLY)
     while True:
         time.sleep(policy.checkpoint_s)
-        try:
-            _busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        except sqlite3.Error as exc:
-            log.warning("checkpoint failed: %s", type(exc).__name__)
-            continue
-        if frames >= policy.restart_frames:
-            wanted.set()
+        fold(conn, database, policy, wanted)
+
+
+def fold(
+    conn: sqlite3.Connection, database: int, policy: WalPolicy, wanted: threading.Event
+) -> None:
+    """One pass of the checkpoint thread.
+
+    The pass also flushes the database file (``database``, a file descriptor).
+    SQLite syncs that file only when a checkpoint reaches the end of the WAL, and
+    under load only the writer's own (``Writer.checkpoint``) does: it then flushed
+    everything this thread had copied since the last one, while commits waited.
+    Measured at 2,000 messages/s (2 cores, after 140,000 messages): the writer's
+    checkpoint took 5.1-5.3 ms (median) without this flush, 1.0-1.1 ms with it. When
+    nothing was copied the flush has nothing to write (about 60 us)."""
+    try:
+        _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if done > 0:
+            os.fdatasync(database)
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("checkpoint failed: %s", type(exc).__name__)
+        return
+    if frames >= policy.restart_frames:
+        wanted.set()
 
 
 def _drain(pipe: Connection, inbox: SimpleQueue[list[Enqueue | Delete] | None]) -> None:
