@@ -259,7 +259,7 @@ def fold(
     under load only the writer's own (``Writer.checkpoint``) does: it then flushed
     everything this thread had copied since the last one, while commits waited.
     Measured at 2,000 messages/s (2 cores, after 140,000 messages): the writer's
-    checkpoint took 5.1-5.3 ms (median) without this flush, 1.0-1.1 ms with it. When
+    checkpoint took 5.0-5.6 ms (median) without this flush, 1.0-1.1 ms with it. When
     nothing was copied the flush has nothing to write (about 60 us)."""
     try:
         _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
