@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -252,3 +253,28 @@ async def test_sending_over_the_websocket_answers_like_http(
         assert json.loads(await asyncio.wait_for(ws.recv(), 5))["status"] in (400, 404)
     async with bob.api.websocket() as ws:
         assert [m.content.text for m in await bob.receive(ws)] == ["http first", "over the socket"]
+
+
+async def test_a_device_past_its_send_rate_is_refused_and_other_devices_are_not(
+    tmp_path: Path,
+) -> None:
+    # 0.4 a second: bursts of 2, then one more every 2.5 s.
+    server = ServerProcess(
+        tmp_path, f"sqlite:///{tmp_path / 'parley.db'}", extra=["--sends-per-device-second", "0.4"]
+    )
+    server.start()
+    try:
+        alice, bob = await register(server), await register(server)
+        await alice.send_text(bob.account_id, "one")
+        await alice.send_text(bob.account_id, "two")
+        with pytest.raises(ServerError) as err:
+            await alice.send_text(bob.account_id, "three")
+        assert err.value.status == 429 and err.value.code == "rate_limited"
+        await bob.send_text(alice.account_id, "bob's own bucket")
+        async with bob.api.websocket() as ws:
+            got = await bob.receive(ws)
+        assert [m.content.text for m in got] == ["one", "two"]
+        for m in (alice, bob):
+            await m.api.close()
+    finally:
+        server.stop()

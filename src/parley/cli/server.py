@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from parley.server import logs, watchdog
-from parley.server.config import DAY_MS, ServerConfig
+from parley.server.config import DAY_MS, SEND_BURST_S, ServerConfig
 
 
 def parse(argv: list[str] | None = None) -> ServerConfig:
@@ -51,6 +51,13 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
     )
     p.add_argument("--max-attachment-mb", type=float, default=100)
     p.add_argument("--registrations-per-ip-hour", type=int, default=100, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--sends-per-device-second",
+        type=float,
+        default=200.0,
+        help=f"messages each device may send a second, in bursts of {SEND_BURST_S} seconds' "
+        "worth (default 200, so bursts of 1,000); more is answered 429 rate_limited",
+    )
     p.add_argument("--maintenance-interval", type=float, default=60.0, help=argparse.SUPPRESS)
     p.add_argument(
         "--log-level",
@@ -89,6 +96,9 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
             p.error("--redis-url must be redis://HOST:PORT/DB (or rediss://, unix://)")
         if not database_url.startswith(("postgresql", "postgres://")):
             p.error("--redis-url needs --database-url postgresql://...: nodes share PostgreSQL")
+    if not 1 / SEND_BURST_S <= args.sends_per_device_second <= 1e9:  # also refuses nan
+        # below that a burst holds less than one message: no device could ever send
+        p.error(f"--sends-per-device-second must be {1 / SEND_BURST_S:g}..1e9")
     if not 1 <= args.workers <= 64:
         p.error("--workers must be 1..64")
     if args.workers > 1 and args.redis_url is None:
@@ -103,6 +113,7 @@ def parse(argv: list[str] | None = None) -> ServerConfig:
         ip_retention_ms=int(args.ip_retention_days * DAY_MS),
         max_attachment_bytes=int(args.max_attachment_mb * 1024 * 1024),
         registrations_per_ip_hour=args.registrations_per_ip_hour,
+        sends_per_device_s=args.sends_per_device_second,
         maintenance_interval_s=args.maintenance_interval,
         kt_epoch_s=args.kt_epoch_seconds,
         log_level=args.log_level,

@@ -262,6 +262,7 @@ def create_app(config: ServerConfig, sms: SmsSender | None = None) -> FastAPI:  
                 pepper,
                 config.message_ttl_ms,
                 now_ms,
+                config.sends_per_device_s,
             ),
             groups=GroupsHandler(accounts, groups_store, limiter, now_ms),
             attachments=AttachmentsHandler(

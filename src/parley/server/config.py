@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DAY_MS = 86_400_000
+SEND_BURST_S = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,9 @@ class ServerConfig:
     code_ttl_ms: int = 10 * 60_000
     code_attempts: int = 5
     registrations_per_ip_hour: int = 100
+    # Each device may send this many messages a second, in bursts of SEND_BURST_S
+    # seconds' worth (1,000 by default): a spam brake that no person typing reaches.
+    sends_per_device_s: float = 200.0
     prekeys_low: int = 10
     delivery_window: int = 100
     maintenance_interval_s: float = 60.0

@@ -21,6 +21,7 @@ from parley.crypto.primitives import HmacKey
 from parley.errors import BadRequest, Forbidden, NotFound, RemoteProtocolError, StaleDevices
 from parley.protocol import franking
 from parley.protocol.wire import PreKeyMessage, RatchetMessage, SenderKeyMessage, decode_envelope
+from parley.server.config import SEND_BURST_S
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.ratelimit import Limiter
 from parley.server.storage.groups import GroupStore
@@ -50,6 +51,7 @@ class MessagesHandler:
         pepper: bytes,
         ttl_ms: int,
         clock_ms: Callable[[], int],
+        sends_per_s: float = 200.0,
     ) -> None:
         self._accounts = accounts
         self._groups = groups
@@ -59,6 +61,7 @@ class MessagesHandler:
         self._pepper = HmacKey(pepper)
         self._ttl = ttl_ms
         self._now = clock_ms
+        self._sends = (sends_per_s * SEND_BURST_S, sends_per_s)  # a device's bucket
         self.check_send: Callable[[str], None] = lambda _a: None  # moderation (Standing)
 
     def _idempotency_key(self, who: Principal, target: str, client_id: str) -> bytes:
@@ -94,7 +97,7 @@ class MessagesHandler:
     async def send_direct(
         self, who: Principal, recipient: str, client_id: str, envelopes: dict[int, bytes]
     ) -> SendResult:
-        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", *self._sends)
         self.check_send(who.account_id)
         key = self._idempotency_key(who, recipient, client_id)
         await self._accounts.account(recipient)
@@ -120,7 +123,7 @@ class MessagesHandler:
     async def send_group(
         self, who: Principal, group_id: str, client_id: str, envelope: bytes
     ) -> SendResult:
-        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", 1000, 200)
+        await self._limiter.check("send", f"{who.account_id}.{who.device_id}", *self._sends)
         self.check_send(who.account_id)
         key = self._idempotency_key(who, "group:" + group_id, client_id)
         members = await self._groups.members(group_id)
