@@ -51,7 +51,7 @@ class MessagesHandler:
         pepper: bytes,
         ttl_ms: int,
         clock_ms: Callable[[], int],
-        sends_per_s: float = 200.0,
+        sends_per_s: float,
     ) -> None:
         self._accounts = accounts
         self._groups = groups
