@@ -78,8 +78,11 @@ class Service:
             raise Unauthorized("invalid credentials")
         return Principal("alice", 1)
 
-    async def send_direct(self, *_args: Any) -> Any:
+    def send_direct(self, *_args: Any) -> Any:
         self.sends += 1
+        return asyncio.ensure_future(self._stored())
+
+    async def _stored(self) -> Any:
         await self.release.wait()
         return SimpleNamespace(server_ms=1, duplicate=False)
 

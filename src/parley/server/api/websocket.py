@@ -41,6 +41,7 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from websockets.datastructures import Headers
@@ -60,7 +61,7 @@ from parley.server.handlers.delivery import (
     DeliverySession,
     FrameError,
 )
-from parley.server.handlers.messages import MessagesHandler
+from parley.server.handlers.messages import MessagesHandler, SendResult
 
 log = logging.getLogger("parley.server")
 # websockets' own log lines carry no address, but its parser logs a traceback on
@@ -82,7 +83,9 @@ def _text(frame: dict[str, Any], name: str, max_len: int) -> str:
     return value
 
 
-async def _send(messages: MessagesHandler, who: Principal, frame: dict[str, Any]) -> dict[str, Any]:
+def _send(
+    messages: MessagesHandler, who: Principal, frame: dict[str, Any]
+) -> asyncio.Future[SendResult]:
     if frame["type"] == "send":
         items = frame.get("messages")
         if not isinstance(items, list) or len(items) > 16:
@@ -96,15 +99,21 @@ async def _send(messages: MessagesHandler, who: Principal, frame: dict[str, Any]
             envelopes[item["device_id"]] = b64(
                 _text(item, "envelope", MAX_ENVELOPE_B64), "envelope", max_length=300_000
             )
-        result = await messages.send_direct(
+        return messages.send_direct(
             who, _text(frame, "to", 64), _text(frame, "client_id", 64), envelopes
         )
-    else:
-        envelope = b64(_text(frame, "envelope", MAX_ENVELOPE_B64), "envelope", max_length=300_000)
-        result = await messages.send_group(
-            who, _text(frame, "group", 64), _text(frame, "client_id", 64), envelope
-        )
-    return {"server_ms": result.server_ms, "duplicate": result.duplicate}
+    envelope = b64(_text(frame, "envelope", MAX_ENVELOPE_B64), "envelope", max_length=300_000)
+    return messages.send_group(
+        who, _text(frame, "group", 64), _text(frame, "client_id", 64), envelope
+    )
+
+
+def _response(request_id: int | str, status: int, body: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "response", "request_id": request_id, "status": status, "body": body}
+
+
+def _error(exc: ApiError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
 
 
 @dataclass(frozen=True)
@@ -118,7 +127,11 @@ class PushService:
 
 
 class _Connection:
-    """One authenticated socket: runs sends, hands acks to the session."""
+    """One authenticated socket: runs sends, hands acks to the session.
+
+    A send is answered from its commit's callback: the handler checks it and
+    submits it within the frame's own callback (a task only when it must wait for
+    a lookup), so a message costs no task here."""
 
     def __init__(
         self,
@@ -131,26 +144,27 @@ class _Connection:
         self.who = who
         self.messages = messages
         self.session = session
-        self.requests: set[asyncio.Task[None]] = set()
+        self.requests: set[asyncio.Future[SendResult]] = set()
 
     @property
     def full(self) -> bool:
         return len(self.requests) >= MAX_REQUESTS_IN_FLIGHT
 
-    async def answer(self, frame: dict[str, Any]) -> None:
-        try:
-            body, status = await _send(self.messages, self.who, frame), 200
-        except ApiError as exc:
-            body = {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
-            status = exc.http_status
-        self.session.send_control(
-            {"type": "response", "request_id": frame["request_id"], "status": status, "body": body}
-        )
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.requests.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("internal error: %s", type(task.exception()).__name__)
+    def _answered(self, request_id: int | str, pending: asyncio.Future[SendResult]) -> None:
+        self.requests.discard(pending)
+        if pending.cancelled():  # the server is stopping: the client sends it again
+            return
+        exc = pending.exception()
+        if exc is None:
+            result = pending.result()
+            body: dict[str, Any] = {"server_ms": result.server_ms, "duplicate": result.duplicate}
+            self.session.send_control(_response(request_id, 200, body))
+        elif isinstance(exc, ApiError):
+            self.session.send_control(_response(request_id, exc.http_status, _error(exc)))
+        else:  # not stored, or not known to be: the client sends it again, under its key
+            log.error("internal error: %s", type(exc).__name__)
+            body = {"error": {"code": "internal", "message": "internal server error"}}
+            self.session.send_control(_response(request_id, 500, body))
         self.protocol.request_finished()
 
     def handle(self, text: str) -> None:
@@ -167,9 +181,13 @@ class _Connection:
                 or len(str(request_id)) > 64
             ):
                 raise FrameError(CLOSE_POLICY, "request_id must be an integer or a short string")
-            task = asyncio.get_running_loop().create_task(self.answer(frame))
-            self.requests.add(task)
-            task.add_done_callback(self._done)
+            try:
+                pending = _send(self.messages, self.who, frame)
+            except ApiError as exc:
+                self.session.send_control(_response(request_id, exc.http_status, _error(exc)))
+                return
+            self.requests.add(pending)
+            pending.add_done_callback(partial(self._answered, request_id))
         else:
             self.session.on_ack(frame)
 

@@ -232,6 +232,13 @@ class AccountsHandler:
             raise NotFound("no such contact")
         return account
 
+    def cached_device_ids(self, account_id: str) -> list[int] | None:
+        """An account's device ids if the account and its devices are both cached
+        (no I/O: the send path's steady state), else None."""
+        if not self.caching or account_id not in self._accounts_cache:
+            return None
+        return self._devices.get(account_id)
+
     async def device_ids(self, account_id: str) -> list[int]:
         cached = self._devices.get(account_id) if self.caching else None
         if cached is None:

@@ -23,6 +23,12 @@ MAX_KEYS = 100_000
 class Limiter(Protocol):
     async def check(self, kind: str, key: str, capacity: float, per_s: float) -> None: ...
 
+    def check_now(self, kind: str, key: str, capacity: float, per_s: float) -> bool:
+        """``check`` without waiting, where this limiter can decide without I/O: True
+        once a token is taken (``RateLimited`` if refused); False, with nothing taken,
+        where only ``check`` can decide (the cluster's buckets are in Redis)."""
+        ...
+
 
 def retry_after(tokens: float, per_s: float) -> int:
     return max(1, math.ceil((1 - tokens) / per_s))
@@ -35,6 +41,10 @@ class RateLimiter:
 
     async def check(self, kind: str, key: str, capacity: float, per_s: float) -> None:
         self.take(kind, key, capacity, per_s)
+
+    def check_now(self, kind: str, key: str, capacity: float, per_s: float) -> bool:
+        self.take(kind, key, capacity, per_s)
+        return True
 
     def take(self, kind: str, key: str, capacity: float, per_s: float) -> None:
         now = self._clock()

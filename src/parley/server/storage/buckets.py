@@ -81,6 +81,9 @@ class RedisBuckets:
         tag = hashlib.blake2b(key.encode(), key=self._pepper, digest_size=16).hexdigest()
         return f"parley:rl:{kind}:{tag}"
 
+    def check_now(self, kind: str, key: str, capacity: float, per_s: float) -> bool:
+        return False  # shared buckets: only Redis decides
+
     async def check(self, kind: str, key: str, capacity: float, per_s: float) -> None:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[tuple[int, str]] = loop.create_future()
