@@ -24,6 +24,7 @@ from parley.protocol.wire import (
     SenderKeyDistribution,
     SenderKeyMessage,
     decode_envelope,
+    envelope_commitment,
 )
 
 from .peers import Device, establish, seeded
@@ -104,6 +105,46 @@ def test_mutated_valid_encodings(name: str, cuts: list[tuple[int, int, str]]) ->
             data[pos:pos] = bytes([value])
     for decoder in DECODERS.values():
         _decodes_or_refuses(decoder, bytes(data))
+
+
+def _commitment_by_decoding(data: bytes) -> tuple[int, bytes]:
+    decoded = decode_envelope(data)
+    inner = decoded.message if isinstance(decoded, PreKeyMessage) else decoded
+    return data[1], inner.commitment
+
+
+def _outcome(read: Callable[[bytes], tuple[int, bytes]], data: bytes) -> object:
+    try:
+        return read(data)
+    except RemoteProtocolError as exc:
+        return type(exc)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    name=st.sampled_from(["prekey", "ratchet", "sender_key", "distribution"]),
+    cuts=st.lists(
+        st.tuples(st.integers(0, 10_000), st.integers(0, 255), st.sampled_from("fti")),
+        max_size=4,
+    ),
+)
+def test_the_servers_commitment_reader_agrees_with_the_full_decoder(
+    name: str, cuts: list[tuple[int, int, str]]
+) -> None:
+    """``envelope_commitment`` (the server's) skips building the envelope: on valid and
+    mutated encodings it accepts exactly what ``decode_envelope`` accepts, with the
+    same kind and commitment."""
+    data = bytearray(SAMPLES[name])
+    for pos, value, op in cuts:
+        pos %= max(len(data), 1)
+        if op == "f" and data:
+            data[pos] ^= value or 1
+        elif op == "t":
+            del data[pos:]
+        else:
+            data[pos:pos] = bytes([value])
+    raw = bytes(data)
+    assert _outcome(envelope_commitment, raw) == _outcome(_commitment_by_decoding, raw)
 
 
 def test_wrong_version_and_kind_are_refused() -> None:

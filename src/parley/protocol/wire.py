@@ -107,9 +107,14 @@ _CONTENT_HEAD = struct.Struct(">BB32sQI")
 
 def _var_tail(data: bytes, offset: int, max_len: int, trailing: int) -> bytes:
     """The ``var`` field at ``offset`` when only ``trailing`` fixed bytes follow it."""
+    return data[offset + 4 : _var_end(data, offset, max_len, trailing)]
+
+
+def _var_end(data: bytes, offset: int, max_len: int, trailing: int) -> int:
+    """Where ``_var_tail``'s field ends, after checking its bounds."""
     if len(data) < offset + 4:
         raise MalformedMessage("truncated input")
-    (length,) = _U32.unpack_from(data, offset)
+    length: int = _U32.unpack_from(data, offset)[0]
     if length > max_len:
         raise MalformedMessage(f"field length {length} exceeds its bound {max_len}")
     end = offset + 4 + length
@@ -117,7 +122,7 @@ def _var_tail(data: bytes, offset: int, max_len: int, trailing: int) -> bytes:
         raise MalformedMessage(
             "truncated input" if len(data) < end + trailing else "trailing bytes"
         )
-    return data[offset + 4 : end]
+    return end
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,6 +434,30 @@ def decode_envelope(data: bytes) -> Envelope:
     raise MalformedMessage(f"unknown envelope kind {kind}")
 
 
+def envelope_commitment(data: bytes) -> tuple[int, bytes]:
+    """An envelope's kind and franking commitment, after every check ``decode_envelope``
+    makes (``MalformedMessage`` otherwise), without building it: the server needs only
+    these, once per message and recipient device, and the objects and copies cost
+    about a tenth of its event loop's time per message. A pre-key message (a
+    session's first) is decoded whole."""
+    kind = peek_kind(data)
+    if kind == KIND_RATCHET:
+        head = _RATCHET_PREFIX.size
+        if len(data) < head:
+            raise MalformedMessage("truncated input")
+        _var_end(data, head, MAX_CIPHERTEXT, 0)
+        return kind, bytes(data[head - COMMITMENT_LEN : head])
+    if kind == KIND_SENDER_KEY:
+        head = _SENDER_KEY_PREFIX.size
+        if len(data) < head:
+            raise MalformedMessage("truncated input")
+        _var_end(data, head, MAX_CIPHERTEXT, SIGNATURE_LEN)
+        return kind, bytes(data[head - COMMITMENT_LEN : head])
+    if kind == KIND_PREKEY:
+        return kind, PreKeyMessage.from_bytes(data).message.commitment
+    raise MalformedMessage(f"unknown envelope kind {kind}")
+
+
 __all__ = [
     "AttachmentPointer",
     "Content",
@@ -441,5 +470,6 @@ __all__ = [
     "SenderKeyDistribution",
     "SenderKeyMessage",
     "decode_envelope",
+    "envelope_commitment",
     "peek_kind",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 from parley.crypto.primitives import HmacKey
 from parley.errors import BadRequest, Forbidden, NotFound, RemoteProtocolError, StaleDevices
 from parley.protocol import franking
-from parley.protocol.wire import PreKeyMessage, RatchetMessage, SenderKeyMessage, decode_envelope
+from parley.protocol.wire import KIND_PREKEY, KIND_RATCHET, KIND_SENDER_KEY, envelope_commitment
 from parley.server.config import SEND_BURST_S
 from parley.server.handlers.accounts import AccountsHandler, Principal
 from parley.server.handlers.ratelimit import Limiter
@@ -143,7 +143,7 @@ class MessagesHandler:
         conversation = franking.direct_conversation(who.account_id, recipient)
         rows = []
         for device_id, envelope in sorted(envelopes.items()):
-            commitment = _commitment(envelope, (RatchetMessage, PreKeyMessage))
+            commitment = _commitment(envelope, (KIND_RATCHET, KIND_PREKEY))
             tag = franking.server_tag(
                 self._franking_key, commitment, who.account_id, conversation, now
             )
@@ -172,7 +172,7 @@ class MessagesHandler:
             raise NotFound("no such group")
         if who.account_id not in members:
             raise Forbidden("only members may post to a group")
-        commitment = _commitment(envelope, (SenderKeyMessage,))
+        commitment = _commitment(envelope, (KIND_SENDER_KEY,))
         now = self._now()
         tag = franking.server_tag(
             self._franking_key,
@@ -223,14 +223,11 @@ class _Guids:
 _guids = _Guids()
 
 
-def _commitment(envelope: bytes, kinds: tuple[type, ...]) -> bytes:
+def _commitment(envelope: bytes, kinds: tuple[int, ...]) -> bytes:
     try:
-        decoded = decode_envelope(envelope)
+        kind, commitment = envelope_commitment(envelope)
     except RemoteProtocolError as exc:
         raise BadRequest(f"malformed envelope: {exc.message}", "malformed_envelope") from exc
-    if not isinstance(decoded, kinds):
+    if kind not in kinds:
         raise BadRequest("wrong kind of envelope for this conversation", "malformed_envelope")
-    if isinstance(decoded, PreKeyMessage):
-        return decoded.message.commitment
-    assert isinstance(decoded, RatchetMessage | SenderKeyMessage)
-    return decoded.commitment
+    return commitment
