@@ -10,15 +10,17 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from parley.errors import BadRequest, NotFound
 from parley.server.api import websocket as push
 from parley.server.handlers.accounts import Principal
 from parley.server.handlers.delivery import DeliverySession
-from parley.server.storage.queue import QueuedMessage
+from parley.server.storage.queue import QueuedMessage, Stored
 
 
 class FakeTransport:
@@ -208,6 +210,59 @@ async def test_reading_stops_while_the_requests_in_flight_are_full() -> None:
     assert service.sends == total and peer.transport.reading
     answers = [json.loads(f.data) for f in peer.frames() if f.opcode is Opcode.TEXT]
     assert sorted(a["request_id"] for a in answers if a["type"] == "response") == list(range(total))
+
+
+async def test_each_send_is_answered_with_its_own_outcome_and_the_socket_stays_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A send is answered from its commit's callback: a refusal raised at once, one
+    that comes through the future (after a lookup), a commit that failed (500, and
+    the log names only the error's type) and a stored one, each under its own
+    request id."""
+    loop = asyncio.get_running_loop()
+
+    def send_direct(_who: Any, _to: str, client_id: str, _envelopes: Any) -> Any:
+        if client_id == "refused-now":
+            raise BadRequest("malformed envelope: truncated input", "malformed_envelope")
+        pending = loop.create_future()
+        if client_id == "refused-later":
+            pending.set_exception(NotFound("no such account"))
+        elif client_id == "commit-failed":
+            pending.set_exception(RuntimeError("queue commit failed: canary-4711"))
+        else:
+            pending.set_result(Stored(1234, False))
+        return pending
+
+    service = Service()
+    service.messages = SimpleNamespace(send_direct=send_direct)
+    peer = Peer(service)
+    await _settle()
+    peer.events()
+    for i, client_id in enumerate(["refused-now", "refused-later", "commit-failed", "stored"]):
+        frame = {
+            "type": "send",
+            "request_id": f"r{i}",
+            "to": "bob",
+            "client_id": client_id,
+            "messages": [{"device_id": 1, "envelope": "AAAA"}],
+        }
+        peer.client.send_text(json.dumps(frame).encode())
+    peer.pump_to_server()
+    await _settle()
+    answers = {
+        a["request_id"]: (a["status"], a["body"])
+        for a in (json.loads(f.data) for f in peer.frames() if f.opcode is Opcode.TEXT)
+        if a["type"] == "response"
+    }
+    assert answers["r0"][0] == 400 and answers["r0"][1]["error"]["code"] == "malformed_envelope"
+    assert answers["r1"][0] == 404 and answers["r1"][1]["error"]["code"] == "not_found"
+    assert answers["r2"] == (
+        500,
+        {"error": {"code": "internal", "message": "internal server error"}},
+    )
+    assert answers["r3"] == (200, {"server_ms": 1234, "duplicate": False})
+    assert not peer.transport.closed
+    assert "RuntimeError" in caplog.text and "canary-4711" not in caplog.text
 
 
 async def test_a_fragmented_frame_is_one_frame_and_bad_utf8_closes_with_1007() -> None:
