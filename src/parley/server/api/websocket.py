@@ -116,6 +116,19 @@ def _error(exc: ApiError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message, **exc.details()}}
 
 
+def _outcome(pending: asyncio.Future[SendResult]) -> tuple[int, dict[str, Any]]:
+    """A finished send's status and body. A failed commit is a 500 naming nothing:
+    not stored, or not known to be, so the client sends it again under its key."""
+    exc = pending.exception()
+    if exc is None:
+        result = pending.result()
+        return 200, {"server_ms": result.server_ms, "duplicate": result.duplicate}
+    if isinstance(exc, ApiError):
+        return exc.http_status, _error(exc)
+    log.error("internal error: %s", type(exc).__name__)
+    return 500, {"error": {"code": "internal", "message": "internal server error"}}
+
+
 @dataclass(frozen=True)
 class PushService:
     """What a push socket needs, built once the application has started; the
@@ -152,19 +165,8 @@ class _Connection:
 
     def _answered(self, request_id: int | str, pending: asyncio.Future[SendResult]) -> None:
         self.requests.discard(pending)
-        if pending.cancelled():  # the server is stopping: the client sends it again
-            return
-        exc = pending.exception()
-        if exc is None:
-            result = pending.result()
-            body: dict[str, Any] = {"server_ms": result.server_ms, "duplicate": result.duplicate}
-            self.session.send_control(_response(request_id, 200, body))
-        elif isinstance(exc, ApiError):
-            self.session.send_control(_response(request_id, exc.http_status, _error(exc)))
-        else:  # not stored, or not known to be: the client sends it again, under its key
-            log.error("internal error: %s", type(exc).__name__)
-            body = {"error": {"code": "internal", "message": "internal server error"}}
-            self.session.send_control(_response(request_id, 500, body))
+        if not pending.cancelled():  # cancelled: the server is stopping; the client re-sends
+            self.session.send_control(_response(request_id, *_outcome(pending)))
         self.protocol.request_finished()
 
     def handle(self, text: str) -> None:
