@@ -59,6 +59,10 @@ class MessagesHandler:
         self._sends = (sends_per_s * SEND_BURST_S, sends_per_s)  # a device's bucket
         self.check_send: Callable[[str], None] = lambda _a: None  # moderation (Standing)
 
+    def _bucket(self, who: Principal) -> tuple[str, str, float, float]:
+        """The sending device's rate-limit bucket: kind, key, capacity, refill."""
+        return ("send", f"{who.account_id}.{who.device_id}", *self._sends)
+
     def _idempotency_key(self, who: Principal, target: str, client_id: str) -> bytes:
         if not client_id or len(client_id) > MAX_CLIENT_ID:
             raise BadRequest(f"client_id must be 1..{MAX_CLIENT_ID} characters")
@@ -97,11 +101,11 @@ class MessagesHandler:
         A refused send raises its ``ApiError`` here, or (after a lookup) through the
         future. When this process can decide every check without I/O (its own rate
         limiter; the recipient's account and devices cached: a single node's steady
-        state), the whole send runs in this call and no task is made for it:
-        measured on the websocket path, a task and its awaits cost about 6 us of
-        a message's 80. Otherwise a task does the limiter and the lookups first.
+        state), the whole send runs in this call and no task is made for it (measured
+        alone, a task with three awaits costs 6.1 us, a callback on a future 1.3).
+        Otherwise a task does the limiter and the lookups first.
         """
-        limited = self._limiter.check_now("send", f"{who.account_id}.{who.device_id}", *self._sends)
+        limited = self._limiter.check_now(*self._bucket(who))
         self.check_send(who.account_id)
         key = self._idempotency_key(who, recipient, client_id)
         devices = self._accounts.cached_device_ids(recipient) if limited else None
@@ -120,7 +124,7 @@ class MessagesHandler:
         limited: bool,
     ) -> SendResult:
         if not limited:
-            await self._limiter.check("send", f"{who.account_id}.{who.device_id}", *self._sends)
+            await self._limiter.check(*self._bucket(who))
         await self._accounts.account(recipient)
         devices = await self._accounts.device_ids(recipient)
         return await self._store_direct(who, recipient, key, envelopes, devices)
@@ -155,7 +159,7 @@ class MessagesHandler:
     ) -> asyncio.Future[SendResult]:
         """Store a group message for every member's devices but the sender's; as
         ``send_direct``, though always through a task (the member list is read)."""
-        limited = self._limiter.check_now("send", f"{who.account_id}.{who.device_id}", *self._sends)
+        limited = self._limiter.check_now(*self._bucket(who))
         self.check_send(who.account_id)
         key = self._idempotency_key(who, "group:" + group_id, client_id)
         return asyncio.ensure_future(
@@ -166,7 +170,7 @@ class MessagesHandler:
         self, who: Principal, group_id: str, key: bytes, envelope: bytes, limited: bool
     ) -> SendResult:
         if not limited:
-            await self._limiter.check("send", f"{who.account_id}.{who.device_id}", *self._sends)
+            await self._limiter.check(*self._bucket(who))
         members = await self._groups.members(group_id)
         if not members:
             raise NotFound("no such group")
